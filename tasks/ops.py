@@ -1,0 +1,138 @@
+"""Operations of qmailhost's own, where pyinfra's stock ones do not fit.
+
+- ``whole_file``: a managed file, shown as a unified diff under ``--diff`` and
+  replaced atomically (written beside, then renamed), so a run cut off halfway
+  never leaves half a file.
+- ``secret_file``: the same for keys and other secrets, but never diffed or printed:
+  only the SHA256 prefixes of the old and new content are shown.
+- ``stamped``: commands that run only when their stamp (a digest of their inputs)
+  differs from the one the host recorded after the last successful run: builds,
+  cdb compiles, restarts. The stamp is written last, so an interrupted step reruns.
+- ``account_password``: sets a password hash through a file, never a command line,
+  and only when the host's hash does not verify the password.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from io import BytesIO
+
+from passlib.hash import sha512_crypt
+from pyinfra import host, logger, state
+from pyinfra.api import FactBase, FileUploadCommand, operation
+from pyinfra.facts.files import FileContents
+
+from tasks.facts import STAMP_DIR, host_state
+
+from pyinfra.operations.util.files import generate_color_diff
+
+
+class ManagedFile(FactBase):
+    """SHA256, mode, owner and group of one file, or None when it is absent."""
+
+    def command(self, path):
+        quoted = shlex.quote(path)
+        return (f"if [ -f {quoted} ]; then sha256sum < {quoted} | cut -c1-64; "
+                f"stat -c '%a %U %G' {quoted}; fi; true")
+
+    def process(self, output):
+        if len(output) < 2:
+            return None
+        mode, user, group = output[1].split()
+        return {"sha256": output[0].strip(), "mode": mode, "user": user, "group": group}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _install_commands(dest: str, data: bytes, mode: str, user: str, group: str):
+    """Upload beside DEST, set owner and mode there, then rename over DEST."""
+    temp = f"{dest}.qmailhost-new"
+    quoted, quoted_temp = shlex.quote(dest), shlex.quote(temp)
+    yield f"mkdir -p {shlex.quote(dest.rsplit('/', 1)[0] or '/')}"
+    yield FileUploadCommand(BytesIO(data), temp, remote_temp_filename=temp)
+    yield f"chown {user}:{group} {quoted_temp} && chmod {mode} {quoted_temp} && mv -f {quoted_temp} {quoted}"
+
+
+@operation()
+def whole_file(dest: str, content: str, mode: str = "644", user: str = "root", group: str = "root"):
+    """Manage DEST as exactly CONTENT (a whole file), with a diff under --diff."""
+    data = content.encode()
+    current = host.get_fact(ManagedFile, path=dest)
+    if current and current["sha256"] == _sha256(data):
+        if (current["mode"], current["user"], current["group"]) == (mode.lstrip("0") or "0", user, group):
+            host.noop(f"{dest} is up to date")
+            return
+        yield f"chown {user}:{group} {shlex.quote(dest)} && chmod {mode} {shlex.quote(dest)}"
+        return
+    if state.config.DIFF:
+        old_lines = [line + "\n" for line in (host.get_fact(FileContents, path=dest) or [])] if current else []
+        host.log(f"Will {'modify' if current else 'create'} {dest}", logger.info)
+        for line in generate_color_diff(old_lines, content.splitlines(keepends=True)):
+            logger.info("  %s", line)
+        logger.info("")
+    yield from _install_commands(dest, data, mode, user, group)
+
+
+@operation()
+def secret_file(dest: str, data: bytes, mode: str = "600", user: str = "root", group: str = "root"):
+    """Manage DEST as DATA without ever showing it: only SHA256 prefixes are printed."""
+    current = host.get_fact(ManagedFile, path=dest)
+    new = _sha256(data)
+    if current and current["sha256"] == new:
+        if (current["mode"], current["user"], current["group"]) == (mode.lstrip("0") or "0", user, group):
+            host.noop(f"{dest} is up to date (sha256 {new[:8]}…)")
+            return
+        yield f"chown {user}:{group} {shlex.quote(dest)} && chmod {mode} {shlex.quote(dest)}"
+        return
+    old = f"sha256 {current['sha256'][:8]}…" if current else "absent"
+    host.log(f"Will replace secret {dest} ({old} → sha256 {new[:8]}…)", logger.info)
+    yield from _install_commands(dest, data, mode, user, group)
+
+
+@operation()
+def stamped(stamp: str, inputs: str, commands: list[str], description: str = ""):
+    """Run COMMANDS when the host's stamp STAMP does not hold the digest of INPUTS."""
+    digest = _sha256(inputs.encode())[:32]
+    recorded = host_state()["stamps"].get(stamp)
+    if recorded == digest:
+        host.noop(f"{description or stamp} is current (stamp {digest[:8]})")
+        return
+    host.log(f"Will {description or 'run ' + stamp} (stamp {recorded and recorded[:8]} → {digest[:8]})",
+             logger.info)
+    stamp_path = f"{STAMP_DIR}/{stamp}"
+    yield f"mkdir -p {STAMP_DIR} && rm -f {stamp_path}"
+    yield from commands
+    yield f"echo {digest} > {stamp_path}.new && mv -f {stamp_path}.new {stamp_path}"
+
+
+def password_hash(password: str, salt: str | None = None) -> str:
+    """sha512-crypt of PASSWORD (with SALT, to check an existing hash)."""
+    hasher = sha512_crypt.using(rounds=5000) if salt is None else sha512_crypt.using(salt=salt, rounds=5000)
+    return hasher.hash(password)
+
+
+def password_matches(password: str, recorded: dict | None) -> bool:
+    """Does the host's hash (salt and SHA256 of the whole hash) verify PASSWORD?"""
+    if not recorded or not recorded["salt"].startswith("$6$"):
+        return False
+    salt_field = recorded["salt"].split("$")
+    if len(salt_field) != 3 or any(c not in sha512_crypt.salt_chars for c in salt_field[2]):
+        return False
+    candidate = password_hash(password, salt=salt_field[2])
+    return _sha256(candidate.encode()) == recorded["hash_sha256"]
+
+
+@operation()
+def account_password(user: str, password: str, source: str):
+    """Set USER's password hash from PASSWORD (from SOURCE) when the host's does not verify it."""
+    recorded = host_state()["accounts"].get(user)
+    if password_matches(password, recorded):
+        host.noop(f"password of {user} verifies ({source})")
+        return
+    line = f"{user}:{password_hash(password)}\n".encode()
+    temp = f"/root/.qmailhost-chpasswd-{user}"
+    yield FileUploadCommand(BytesIO(line), temp, remote_temp_filename=temp)
+    yield f"chmod 600 {temp} && chpasswd -e < {temp}; status=$?; rm -f {temp}; exit $status"
