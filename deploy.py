@@ -2,17 +2,62 @@
 
     pyinfra inventory/<site>.py deploy.py [--dry --diff]
 
-Settings are read and validated once (tasks/settings.py) before any operation; then
-each component's module adds its operations in order.
+Settings are read and validated once (tasks/settings.py) and the distfiles fetched
+and verified on the laptop (tasks/sources.py) before any operation; then each
+component adds its operations in order: packages and users, builds, configuration,
+services. Restarts follow real changes only.
 """
 
 from pyinfra import host
 
-from tasks import packages
+from tasks import (
+    accounts,
+    builds,
+    checkpassword,
+    daemontools,
+    facts,
+    mess822,
+    packages,
+    qmail,
+    smtpd,
+    spamdyke,
+    stunnel,
+    submission,
+    tls,
+)
 from tasks.platform import detect
 from tasks.settings import Settings
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
 platform = detect()
+mode = submission.mode_for(settings, platform)
+fetched = builds.fetch_all(settings)
+checksums = {name: distfile.sha512 for name, (distfile, _) in fetched.items()}
+facts.watch(users=[a.name for a in settings.accounts], secrets=[tls.paths(platform)[1]],
+            cert=tls.paths(platform)[0])
 
+# Packages, users, sources
 packages.install(platform)
+qmail.users(platform)
+submission.user(platform)
+distfiles = builds.upload(fetched)
+
+# Builds (each only when its inputs changed)
+qmail.install(platform, distfiles, checksums)
+mess822.install(platform, distfiles, checksums)
+checkpassword.install(platform, distfiles, checksums)
+spamdyke.install(platform, distfiles, checksums)
+
+# Configuration
+control = qmail.configure(platform, settings)
+qmail.aliases(platform, settings)
+qmail.sendmail(platform)
+accounts.configure(platform, settings)
+tls_fingerprint = tls.configure(platform, settings)
+
+# Services (daemontools)
+daemontools.supervisor(platform)
+qmail.service(platform, control, checksums["notqmail"])
+smtpd.configure(platform, settings)
+submission.configure(platform, settings, mode)
+stunnel.configure(platform, settings, tls_fingerprint)

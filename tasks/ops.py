@@ -22,10 +22,9 @@ from passlib.hash import sha512_crypt
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FileUploadCommand, operation
 from pyinfra.facts.files import FileContents
+from pyinfra.operations.util.files import generate_color_diff
 
 from tasks.facts import STAMP_DIR, host_state
-
-from pyinfra.operations.util.files import generate_color_diff
 
 
 class ManagedFile(FactBase):
@@ -136,3 +135,59 @@ def account_password(user: str, password: str, source: str):
     temp = f"/root/.qmailhost-chpasswd-{user}"
     yield FileUploadCommand(BytesIO(line), temp, remote_temp_filename=temp)
     yield f"chmod 600 {temp} && chpasswd -e < {temp}; status=$?; rm -f {temp}; exit $status"
+
+
+class UserEntry(FactBase):
+    """A user's passwd entry and primary group name (never the shadow entry), or None."""
+
+    def command(self, user):
+        quoted = shlex.quote(user)
+        return f"getent passwd {quoted} && id -gn {quoted}; true"
+
+    def process(self, output):
+        if len(output) < 2:
+            return None
+        fields = output[0].split(":")
+        return {"uid": fields[2], "home": fields[5], "shell": fields[6], "group": output[1].strip()}
+
+
+class GroupExists(FactBase):
+    def command(self, group):
+        return f"getent group {shlex.quote(group)} >/dev/null && echo yes; true"
+
+    def process(self, output):
+        return output == ["yes"]
+
+
+@operation()
+def group(group: str, system: bool = True):
+    """GROUP exists (groupadd [-r])."""
+    if host.get_fact(GroupExists, group=group):
+        host.noop(f"group {group} exists")
+        return
+    yield f"groupadd {'-r ' if system else ''}{shlex.quote(group)}"
+
+
+@operation()
+def user(user: str, group: str | None, home: str, shell: str, system: bool = False, create_home: bool = False):
+    """USER exists with this primary GROUP, HOME and SHELL. Unlike server.user, it never
+    reads /etc/shadow and never changes the owner of an existing home directory."""
+    current = host.get_fact(UserEntry, user=user)
+    quoted = shlex.quote(user)
+    if current is None:
+        flags = ["-r"] if system else []
+        flags += ["-g", shlex.quote(group)] if group else ["-U"]
+        flags += ["-d", shlex.quote(home), "-s", shlex.quote(shell), "-m" if create_home else "-M"]
+        yield f"useradd {' '.join(flags)} {quoted}"
+        return
+    changes = []
+    if current["home"] != home:
+        changes += ["-d", shlex.quote(home)]
+    if current["shell"] != shell:
+        changes += ["-s", shlex.quote(shell)]
+    if group and current["group"] != group:
+        changes += ["-g", shlex.quote(group)]
+    if not changes:
+        host.noop(f"user {user} exists")
+        return
+    yield f"usermod {' '.join(changes)} {quoted}"

@@ -122,6 +122,7 @@ class Settings:
     submission: str
     sources: dict
     distfiles: Path
+    distfiles_explicit: bool  # named by the inventory or $QMAILHOST_DISTFILES: SHA512SUMS honoured
 
     @classmethod
     def from_host_data(cls, data: dict, inventory_name: str = "") -> Settings:
@@ -159,6 +160,7 @@ class Settings:
             submission=_submission(raw["submission"]),
             sources=_mapping("sources", raw["sources"]),
             distfiles=_distfiles(raw["distfiles"]),
+            distfiles_explicit=bool(raw["distfiles"] or os.environ.get("QMAILHOST_DISTFILES")),
         )
         _no_port_clash(settings)
         return settings
