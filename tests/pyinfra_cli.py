@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ class Run:
 
     @property
     def output(self) -> str:
-        return self.stdout + self.stderr
+        """Everything pyinfra printed, without colour codes."""
+        return re.sub(r"\x1b\[[0-9;]*m", "", self.stdout + self.stderr)
 
     @property
     def report(self) -> dict:
@@ -55,8 +57,9 @@ class Run:
 
 def pyinfra(host: sandbox.Host, *args: str, deploy: str = "deploy.py", data: dict | None = None,
             json_output: bool = True, check: bool = True, timeout: float = 1200, env: dict | None = None) -> Run:
-    """`pyinfra -y [--json] inventory/sandbox.py DEPLOY ARGS...` against HOST."""
-    argv = [PYINFRA, "-y", *(["--json"] if json_output else []), *args, "inventory/sandbox.py", deploy]
+    """`pyinfra [-y] [--json] ARGS... inventory/sandbox.py DEPLOY` against HOST."""
+    confirm = [] if "--dry" in args else ["-y"]  # -y would skip the change detection a dry run reports
+    argv = [PYINFRA, *confirm, *(["--json"] if json_output else []), *args, "inventory/sandbox.py", deploy]
     environ = {**os.environ, "QMAILHOST_SANDBOX_HOST": host.name, **(env or {})}
     environ["QMAILHOST_SANDBOX_DATA"] = json.dumps(data or {})
     result = subprocess.run(argv, cwd=PROJECT, env=environ, capture_output=True, text=True, timeout=timeout)
