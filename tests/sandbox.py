@@ -308,12 +308,12 @@ def _make_network(host: Host) -> None:
 
 
 def _start_relay(host: Host) -> None:
-    log_file = open(host.directory / "relay.log", "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.sandbox", "relay", host.gateway, MIRROR_HOST],
-        cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL,
-        stdout=log_file, stderr=log_file, start_new_session=True,
-    )
+    with open(host.directory / "relay.log", "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.sandbox", "relay", host.gateway, MIRROR_HOST],
+            cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL,
+            stdout=log_file, stderr=log_file, start_new_session=True,
+        )
     host.relay_pid = process.pid
 
 
@@ -337,16 +337,16 @@ exec chroot "$R" /bin/sh -c '
 
 
 def _start_namespace(host: Host) -> None:
-    log_file = open(host.directory / "sshd.log", "ab")
-    process = subprocess.Popen(
-        [
-            "nsenter", f"--net=/run/netns/{host.netns}",
-            "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child",
-            f"--mount-proc={host.root}/proc",
-            "sh", "-c", _NAMESPACE_INIT, "init", str(host.root), host.name,
-        ],
-        stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
-    )
+    with open(host.directory / "sshd.log", "ab") as log_file:
+        process = subprocess.Popen(
+            [
+                "nsenter", f"--net=/run/netns/{host.netns}",
+                "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child",
+                f"--mount-proc={host.root}/proc",
+                "sh", "-c", _NAMESPACE_INIT, "init", str(host.root), host.name,
+            ],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+        )
     host.namespace_pid = process.pid
 
 

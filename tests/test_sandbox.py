@@ -47,9 +47,9 @@ def test_hosts_are_isolated_and_loopback_stays_inside(make_host):
     one.ssh("echo one > /root/mark")
     assert two.ssh("cat /root/mark", check=False).returncode != 0
     # A service bound to 127.0.0.1 inside the host is not reachable from here.
-    one.ssh("nohup setsid perl -MIO::Socket::INET -e '$s=IO::Socket::INET->new(LocalAddr=>\"127.0.0.1\","
-            "LocalPort=>2626,Listen=>5,ReuseAddr=>1) or die; while($c=$s->accept){print $c \"hi\\n\";close $c}' "
-            ">/dev/null 2>&1 </dev/null &")
+    one.ssh("nohup setsid perl -MIO::Socket::INET -e "
+            "'$s=IO::Socket::INET->new(LocalAddr=>\"127.0.0.1\",LocalPort=>2626,Listen=>5,ReuseAddr=>1) or die; "
+            "while($c=$s->accept){print $c \"hi\\n\";close $c}' >/dev/null 2>&1 </dev/null &")
     time.sleep(0.5)
     assert "hi" in one.ssh("perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(\"127.0.0.1:2626\")->getline'").stdout
     import socket
