@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import smtplib
+import socket
 import subprocess
 import time
 import uuid
@@ -132,6 +133,25 @@ def _mail_listing(host: sandbox.Host) -> dict[str, str]:
     return listing
 
 
+def _deploy(host: sandbox.Host, data: dict):
+    """The deploy, then wait for svscan to start the services (it rescans every 5 s)."""
+    run = pyinfra(host, data=data)
+    _wait_for_ports(host)
+    return run
+
+
+def _wait_for_ports(host: sandbox.Host, ports=(25, 587), timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            try:
+                socket.create_connection((host.address, port), timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"port {port} of {host.name} does not answer"
+                time.sleep(0.2)
+
+
 def _certificate_sha256(host: sandbox.Host) -> str:
     with smtplib.SMTP(host.address, 587, timeout=30) as client:
         client.ehlo("laptop.test")
@@ -202,7 +222,7 @@ def _assert_no_secrets(output: str, backup: Path) -> None:
 def test_disaster_recovery_drill(make_host, sources, tmp_path):
     data = _data(tmp_path, backup_queue=True)
     old = make_host()
-    pyinfra(old, data=data)
+    _deploy(old, data)
 
     # Mail of every kind on the old host.
     sent = _deliver_on_port_25(old)
@@ -233,7 +253,7 @@ def test_disaster_recovery_drill(make_host, sources, tmp_path):
     sandbox.destroy(old.name)
     new = make_host()
     started = time.monotonic()
-    pyinfra(new, data=data)
+    _deploy(new, data)
     deployed = time.monotonic() - started
     flowing_path = _send(new, data, "alice", "bob")
     flowing = time.monotonic() - started
@@ -250,6 +270,7 @@ def test_disaster_recovery_drill(make_host, sources, tmp_path):
     # The restore: every message back, byte for byte, with its owner, mode and mtime.
     restore, restore_time = _timed(pyinfra, new, deploy="restore.py", data=data)
     restored = time.monotonic() - started
+    _wait_for_ports(new)  # stunnel restarts with the restored pair
     _assert_no_secrets(restore.output, backup)
     mail_after = _mail_listing(new)
     for path, info in mail_before.items():
@@ -318,7 +339,7 @@ def test_large_mailbox_drill(make_host, sources, tmp_path):
     count = 20_000
     data = _data(tmp_path)
     old = make_host()
-    pyinfra(old, data=data)
+    _deploy(old, data)
     _, generated = _timed(old.ssh, _GENERATE.format(count=count), timeout=1200)
     checksum = "find /home/alice/Maildir -type f -exec sha256sum {} + | sort | sha256sum"
     before = old.ssh(checksum).stdout
@@ -330,7 +351,7 @@ def test_large_mailbox_drill(make_host, sources, tmp_path):
 
     new = make_host()
     started = time.monotonic()
-    pyinfra(new, data=data)
+    _deploy(new, data)
     _send(new, data, "alice", "bob")
     flowing = time.monotonic() - started
     _, restore_time = _timed(pyinfra, new, deploy="restore.py", data=data, timeout=2400)

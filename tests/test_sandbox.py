@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,8 +52,8 @@ def test_hosts_are_isolated_and_loopback_stays_inside(make_host):
             "'$s=IO::Socket::INET->new(LocalAddr=>\"127.0.0.1\",LocalPort=>2626,Listen=>5,ReuseAddr=>1) or die; "
             "while($c=$s->accept){print $c \"hi\\n\";close $c}' >/dev/null 2>&1 </dev/null &")
     time.sleep(0.5)
-    assert "hi" in one.ssh("perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(\"127.0.0.1:2626\")->getline'").stdout
-    import socket
+    inside = one.ssh("perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(\"127.0.0.1:2626\")->getline'")
+    assert "hi" in inside.stdout
 
     with pytest.raises(OSError):
         socket.create_connection((one.address, 2626), timeout=2).close()
