@@ -24,6 +24,7 @@ from tasks import (
     stunnel,
     submission,
     tls,
+    tmda,
 )
 from tasks.platform import detect
 from tasks.settings import Settings
@@ -38,6 +39,7 @@ facts.watch(users=[a.name for a in settings.accounts], secrets=[tls.paths(platfo
 
 # Packages, users, sources
 packages.install(platform)
+tmda.retire_all()  # before anything listens on 587: TMDA's stunnel stanza may hold it
 qmail.users(platform)
 submission.user(platform)
 distfiles = builds.upload(fetched)

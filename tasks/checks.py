@@ -399,7 +399,7 @@ def check_services_up(target: Target):
         restarting = [_short(path) for path in young if _pid(again.get(path, "")) != _pid(status[path])]
         if restarting:
             return ERROR, f"restarting over and over: {', '.join(restarting)}"
-    uptimes = ", ".join(f"{s.name} {_uptime(status[f'{target.platform.service_dir}/{s.name}'])} s"
+    uptimes = ", ".join(f"{s.name} {_age(_uptime(status[f'{target.platform.service_dir}/{s.name}']))}"
                         for s in target.services)
     return OK, f"all up: {uptimes}"
 
@@ -600,6 +600,8 @@ def _short(path: str) -> str:
 
 
 def _age(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} s"
     if seconds < 3600:
         return f"{seconds // 60} min"
     if seconds < 2 * 86400:

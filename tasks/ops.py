@@ -191,3 +191,19 @@ def user(user: str, group: str | None, home: str, shell: str, system: bool = Fal
         host.noop(f"user {user} exists")
         return
     yield f"usermod {' '.join(changes)} {quoted}"
+
+
+@operation()
+def absent_file(path: str):
+    """PATH does not exist; under --diff the removal shows as a diff of every line."""
+    current = host.get_fact(ManagedFile, path=path)
+    if current is None:
+        host.noop(f"{path} is absent")
+        return
+    if state.config.DIFF:
+        host.log(f"Will remove {path}", logger.info)
+        old_lines = [line + "\n" for line in (host.get_fact(FileContents, path=path) or [])]
+        for line in generate_color_diff(old_lines, []):
+            logger.info("  %s", line)
+        logger.info("")
+    yield f"rm -f {shlex.quote(path)}"

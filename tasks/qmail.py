@@ -76,7 +76,7 @@ def configure(platform: Platform, settings: Settings) -> dict[str, str]:
     for name, content in control.items():
         path = f"{platform.control_dir}/{name}"
         if content is None:
-            files.file(name=f"Remove control/{name}", path=path, present=False)
+            ops.absent_file(name=f"Remove control/{name}", path=path)
         else:
             ops.whole_file(name=f"Write control/{name}", dest=path, content=content + "\n")
     ops.whole_file(

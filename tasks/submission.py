@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyinfra.operations import files
-
 from tasks import daemontools, ops, tcprules
 from tasks.checkpassword import SERVICE_GROUP
 from tasks.facts import MODE_FILE
@@ -73,7 +71,7 @@ def configure(platform: Platform, settings: Settings, mode: Mode) -> None:
     for other in MODES.values():
         for path in other.files(platform):
             if path not in wanted:
-                files.file(name=f"Remove {path} (mode {other.name})", path=path, present=False)
+                ops.absent_file(name=f"Remove {path} (mode {other.name})", path=path)
     for path, content in wanted.items():
         ops.whole_file(name=f"Write {path}", dest=path, content=content)
     run = render("daemontools/qmail-ofmipd.run", port=settings.ofmipd_port, tcprules=cdb,

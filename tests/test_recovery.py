@@ -153,6 +153,7 @@ def _wait_for_ports(host: sandbox.Host, ports=(25, 587), timeout: float = 30) ->
 
 
 def _certificate_sha256(host: sandbox.Host) -> str:
+    _wait_for_ports(host, (587,))
     with smtplib.SMTP(host.address, 587, timeout=30) as client:
         client.ehlo("laptop.test")
         client.starttls(context=tls_context())
@@ -160,6 +161,7 @@ def _certificate_sha256(host: sandbox.Host) -> str:
 
 
 def _can_log_in(host: sandbox.Host, user: str, password: str) -> bool:
+    _wait_for_ports(host, (587,))
     with smtplib.SMTP(host.address, 587, timeout=30) as client:
         client.ehlo("laptop.test")
         client.starttls(context=tls_context())
@@ -270,7 +272,6 @@ def test_disaster_recovery_drill(make_host, sources, tmp_path):
     # The restore: every message back, byte for byte, with its owner, mode and mtime.
     restore, restore_time = _timed(pyinfra, new, deploy="restore.py", data=data)
     restored = time.monotonic() - started
-    _wait_for_ports(new)  # stunnel restarts with the restored pair
     _assert_no_secrets(restore.output, backup)
     mail_after = _mail_listing(new)
     for path, info in mail_before.items():

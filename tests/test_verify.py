@@ -169,8 +169,14 @@ def test_each_check_catches_its_failure_and_only_its_own(deployed, breakage):
     assert broken.returncode != 0
     assert f"status checks failed: {breakage.check}" in broken.output
     assert sandbox.sandbox_password() not in broken.output
-    repaired = verify(host)
-    assert repaired.statuses() == healthy.statuses(), repaired.output[-3000:]
+
+
+def test_once_every_break_is_undone_the_host_is_healthy_again(deployed):
+    """Each break above finds the earlier ones undone (the other checks stay as healthy);
+    this one checks that the last undo worked too."""
+    host, healthy = deployed
+    again = verify(host)
+    assert again.statuses() == healthy.statuses() and again.returncode == 0, again.output[-3000:]
 
 
 def test_the_checks_at_the_end_of_a_deploy_see_what_its_operations_did(deployed, tmp_path):

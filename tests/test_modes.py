@@ -1,0 +1,213 @@
+"""Submission modes and TMDA's retirement, end to end: a TMDA-era host is converted,
+then the refactor is rolled back and forth (ofmipd -> spamdyke -> ofmipd) while a
+client keeps submitting mail; nothing accepted is lost."""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+import threading
+import time
+
+import pytest
+
+from tests import sandbox
+from tests.mail import message, submit, tls_context, wait_for_delivery
+from tests.pyinfra_cli import pyinfra
+
+pytestmark = [pytest.mark.e2e, pytest.mark.sources]
+USER, DOMAIN = sandbox.SANDBOX_USER, sandbox.SANDBOX_DOMAIN
+
+# Where a TMDA install kept its pieces, planted inert (nothing of it can run for real).
+PLANT_TMDA = r"""
+set -e
+groupadd -r tofmipd && useradd -r -g tofmipd -d /nonexistent -s /usr/sbin/nologin tofmipd
+useradd -m -s /usr/sbin/nologin alice
+mkdir -p /home/alice/Maildir/cur /home/alice/Maildir/new /home/alice/Maildir/tmp /home/alice/.tmda/lists
+for i in 1 2 3; do printf 'From: old@example.com\nSubject: old mail %s\n\nkept\n' $i > /home/alice/Maildir/cur/100$i.old:2,S; done
+printf 'Subject: unread old mail\n\nkept too\n' > /home/alice/Maildir/new/1004.old
+printf 'CRYPT_KEY_FILE = "~/.tmda/crypt_key"\n' > /home/alice/.tmda/config
+printf '0123456789abcdef0123456789abcdef\n' > /home/alice/.tmda/crypt_key
+printf 'friend@example.com\n' > /home/alice/.tmda/lists/whitelist
+printf '|/usr/local/bin/tmda-filter\n' > /home/alice/.qmail
+printf '|preline /usr/local/bin/tmda-filter\n./Maildir/\n' > /home/alice/.qmail-lists
+chown -R alice:alice /home/alice && chmod 600 /home/alice/.tmda/crypt_key
+printf '# TMDA site-wide settings\nMAIL_TRANSFER_AGENT = "qmail"\n' > /etc/tmdarc
+for p in tmda-ofmipd tmda-filter tmda-inject; do printf '#!/bin/sh\nexec sleep 2147483647\n' > /usr/local/bin/$p; done
+chmod 755 /usr/local/bin/tmda-*
+mkdir -p /var/qmail/supervise/tmda-ofmipd/log /etc/service
+printf '#!/bin/sh\nexec setuidgid tofmipd /usr/local/bin/tmda-ofmipd -p 127.0.0.1:8025\n' \
+  > /var/qmail/supervise/tmda-ofmipd/run
+printf '#!/bin/sh\nexec cat >/dev/null\n' > /var/qmail/supervise/tmda-ofmipd/log/run
+chmod 755 /var/qmail/supervise/tmda-ofmipd/run /var/qmail/supervise/tmda-ofmipd/log/run
+ln -s /var/qmail/supervise/tmda-ofmipd /etc/service/tmda-ofmipd
+printf '#!/bin/sh\n# tmda-ofmipd init script (inert)\nexit 0\n' > /etc/init.d/tmda-ofmipd && chmod 755 /etc/init.d/tmda-ofmipd
+mkdir -p /etc/stunnel
+printf 'pid = /run/stunnel-tmda.pid\n\n[submission]\naccept = 587\nconnect = 127.0.0.1:8025\n\n[pop3s]\naccept = 995\nconnect = 110\n' \
+  > /etc/stunnel/stunnel.conf
+"""
+PLANTED = ["/etc/tmdarc", "/home/alice/.tmda/config", "/home/alice/.tmda/crypt_key", "/home/alice/.tmda/lists/whitelist",
+           "/home/alice/.qmail", "/home/alice/.qmail-lists", "/usr/local/bin/tmda-ofmipd", "/usr/local/bin/tmda-filter",
+           "/var/qmail/supervise/tmda-ofmipd/run", "/etc/init.d/tmda-ofmipd", "/etc/stunnel/stunnel.conf"]
+
+
+def sums(host: sandbox.Host, paths: str) -> dict[str, str]:
+    out = host.ssh(f"find {paths} -type f -exec sha256sum {{}} + 2>/dev/null; true").stdout
+    return {line.split()[1]: line.split()[0] for line in out.splitlines()}
+
+
+def service_pids(host: sandbox.Host) -> dict[str, str]:
+    lines = host.ssh("svstat /etc/service/*").stdout.splitlines()
+    return {line.split(":")[0]: line.split("(pid ")[1].split(")")[0] for line in lines if "(pid " in line}
+
+
+@pytest.fixture(scope="module")
+def tmda_era_host(sandbox_ready, sources):
+    host = sandbox.create(f"t{os.getpid()}-modes")
+    try:
+        host.ssh(PLANT_TMDA)
+        host.planted = sums(host, " ".join(PLANTED))
+        host.old_mail = sums(host, "/home/alice/Maildir")
+        assert len(host.planted) == len(PLANTED) and len(host.old_mail) == 4
+        host.first = pyinfra(host)
+        yield host
+    finally:
+        sandbox.destroy(host.name)
+
+
+def test_one_deploy_retires_every_tmda_piece(tmda_era_host):
+    host = tmda_era_host
+    assert "Retire TMDA (archive, then remove)" in host.first.changed()
+    assert host.ssh("sh /var/lib/qmailhost/tmda/pieces.sh").stdout == ""
+    for path in ("/etc/tmdarc", "/home/alice/.tmda", "/home/alice/.qmail", "/etc/service/tmda-ofmipd",
+                 "/var/qmail/supervise/tmda-ofmipd", "/etc/init.d/tmda-ofmipd", "/usr/local/bin/tmda-filter"):
+        assert host.ssh(f"test -e {path} || test -L {path}", check=False).returncode != 0, path
+    assert host.ssh("cat /home/alice/.qmail-lists").stdout == "./Maildir/\n"
+    stunnel_conf = host.ssh("cat /etc/stunnel/stunnel.conf").stdout
+    assert "8025" not in stunnel_conf and "[pop3s]" in stunnel_conf and "[submission]" not in stunnel_conf
+    assert host.ssh("getent passwd tofmipd", check=False).returncode != 0
+    assert host.ssh("pgrep -f tmda-ofmipd", check=False).returncode != 0
+
+
+def test_the_archive_holds_every_piece_as_it_was(tmda_era_host):
+    host = tmda_era_host
+    archives = host.ssh("ls /var/lib/qmailhost/tmda-archive").stdout.split()
+    assert len(archives) == 1
+    archive = f"/var/lib/qmailhost/tmda-archive/{archives[0]}"
+    manifest = host.ssh(f"cat {archive}/MANIFEST").stdout
+    for path, digest in host.planted.items():
+        assert f"\t{path}\t{digest}" in manifest, path
+    assert "user\ttofmipd" in manifest
+    host.ssh(f"mkdir -p /tmp/unpacked && tar -C /tmp/unpacked -xpf {archive}/pieces.tar")
+    unpacked = sums(host, "/tmp/unpacked")
+    for path, digest in host.planted.items():
+        assert unpacked[f"/tmp/unpacked{path}"] == digest, path
+    assert host.ssh("stat -c %U /tmp/unpacked/home/alice/.tmda/crypt_key").stdout.strip() == "alice"
+
+
+def test_old_mail_is_untouched_and_submission_works(tmda_era_host):
+    host = tmda_era_host
+    assert {p: d for p, d in sums(host, "/home/alice/Maildir").items() if p in host.old_mail} == host.old_mail
+    msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
+    retry(lambda: submit(host, USER, sandbox.sandbox_password(), msg))
+    wait_for_delivery(host, USER, msg["Subject"])
+    assert pyinfra(host).changed() == []
+
+
+def retry(action, attempts: int = 30):
+    for attempt in range(attempts):
+        try:
+            return action()
+        except (OSError, smtplib.SMTPException):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+
+
+class Submitter(threading.Thread):
+    """Submits mail continuously over 587 (STARTTLS + AUTH) until stopped; remembers
+    which messages were accepted and when submission was refused."""
+
+    def __init__(self, host: sandbox.Host):
+        super().__init__(daemon=True)
+        self.host, self.accepted, self.refusals, self.stopping = host, [], [], threading.Event()
+
+    def run(self):
+        while not self.stopping.is_set():
+            msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}", f"continuous {len(self.accepted)} {time.time()}")
+            try:
+                submit(self.host, USER, sandbox.sandbox_password(), msg)
+                self.accepted.append(msg["Subject"])
+            except (OSError, smtplib.SMTPException) as error:
+                self.refusals.append((time.monotonic(), repr(error)))
+                time.sleep(0.05)
+
+    def stop(self):
+        self.stopping.set()
+        self.join(timeout=60)
+
+
+def changed_files(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+
+
+CONFIG = "/etc/qmailhost /etc/tcp /var/qmail/control /var/qmail/supervise/*/run /var/lib/qmailhost/submission-mode"
+
+
+def switch(host: sandbox.Host, mode: str) -> None:
+    data = {"submission": mode}
+    dry = pyinfra(host, "--dry", "--diff", data=data)
+    predicted = set(re.findall(r"Will (?:modify|create|remove) (\S+)", dry.output))
+    pids, before = service_pids(host), sums(host, CONFIG)
+    real = pyinfra(host, data=data)
+    assert changed_files(before, sums(host, CONFIG)) == predicted
+    assert sorted(real.changed()) == sorted(dry.planned())
+    assert not [op for op in real.changed() if op.startswith("Build")]  # both ofmipds are on the host
+    restarted = {service for service, pid in service_pids(host).items() if pids.get(service) != pid}
+    assert restarted == {"/etc/service/qmail-ofmipd"}
+    assert pyinfra(host, data=data).changed() == []
+
+
+def assert_submission_guarded(host: sandbox.Host, refusal: bytes) -> None:
+    with smtplib.SMTP(host.address, 587, timeout=30) as client:
+        client.ehlo("laptop.test")
+        assert "auth" not in client.esmtp_features
+        client.starttls(context=tls_context())
+        client.ehlo("laptop.test")
+        code, reply = client.mail(f"{USER}@{DOMAIN}")
+        if code == 250:
+            code, reply = client.rcpt(f"{USER}@{DOMAIN}")
+    assert code >= 500 and refusal in reply, reply
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        submit(host, USER, "not-the-password", message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}"))
+    with pytest.raises(OSError):
+        __import__("socket").create_connection((host.address, 26), timeout=3).close()
+
+
+def test_round_trip_ofmipd_spamdyke_ofmipd_loses_nothing(tmda_era_host):
+    host = tmda_era_host
+    client = Submitter(host)
+    client.start()
+    try:
+        time.sleep(3)
+        switch(host, "spamdyke")
+        assert host.ssh("cat /var/lib/qmailhost/submission-mode").stdout == "spamdyke\n"
+        assert "spamdyke -f /etc/qmailhost/spamdyke-ofmipd.conf" in host.ssh(
+            "cat /var/qmail/supervise/qmail-ofmipd/run").stdout
+        time.sleep(3)
+        assert_submission_guarded(host, b"Authentication is required")
+        switch(host, "ofmipd")
+        assert host.ssh("test -e /etc/qmailhost/spamdyke-ofmipd.conf", check=False).returncode != 0
+        assert "ofmipd-auth" in host.ssh("cat /var/qmail/supervise/qmail-ofmipd/run").stdout
+        time.sleep(3)
+        assert_submission_guarded(host, b"authorize")
+        deadline = time.monotonic() + 120
+        while len(client.accepted) < 50 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        client.stop()
+    assert len(client.accepted) >= 50, f"only {len(client.accepted)} accepted; refusals: {client.refusals[-3:]}"
+    delivered = host.ssh("sleep 5; cat /home/alice/Maildir/new/* | grep '^Subject: continuous'").stdout
+    missing = [s for s in client.accepted if f"Subject: {s}\n" not in delivered + "\n"]
+    assert missing == [], f"{len(missing)} accepted messages were lost"
