@@ -8,8 +8,6 @@ script, its arguments) differs from the stamp its last successful build left.
 
 from __future__ import annotations
 
-from pyinfra.operations import files
-
 from tasks import ops
 from tasks.facts import STATE_DIR
 from tasks.sources import Distfile, fetch, resolve
@@ -31,7 +29,7 @@ def upload(fetched: dict[str, tuple[Distfile, str]]) -> dict[str, str]:
     remote = {}
     for name, (distfile, local) in fetched.items():
         remote[name] = f"{DISTFILE_DIR}/{distfile.filename}"
-        files.put(name=f"Upload {distfile.filename}", src=local, dest=remote[name], mode="644")
+        ops.put_file(name=f"Upload {distfile.filename}", src=local, dest=remote[name])
     return remote
 
 
@@ -46,4 +44,5 @@ def build(component: str, description: str, script: str, args: list[str], inputs
         inputs="\n".join([text, *args, *inputs]),
         commands=[" ".join([remote_script, *args])],
         description=description[0].lower() + description[1:],
+        lock=f"{STATE_DIR}/build.lock",
     )

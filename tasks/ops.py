@@ -92,8 +92,22 @@ def secret_file(dest: str, data: bytes, mode: str = "600", user: str = "root", g
 
 
 @operation()
-def stamped(stamp: str, inputs: str, commands: list[str], description: str = ""):
-    """Run COMMANDS when the host's stamp STAMP does not hold the digest of INPUTS."""
+def put_file(dest: str, src: str, mode: str = "644", user: str = "root", group: str = "root"):
+    """Upload the local file SRC as DEST when their SHA256 differ, atomically."""
+    with open(src, "rb") as handle:
+        data = handle.read()
+    current = host.get_fact(ManagedFile, path=dest)
+    if current and current["sha256"] == _sha256(data):
+        host.noop(f"{dest} is up to date")
+        return
+    yield from _install_commands(dest, data, mode, user, group)
+
+
+@operation()
+def stamped(stamp: str, inputs: str, commands: list[str], description: str = "", lock: str | None = None):
+    """Run COMMANDS when the host's stamp STAMP does not hold the digest of INPUTS.
+    With LOCK, each command runs under flock(1) on that file, so a remnant of an
+    interrupted run still at work finishes first."""
     digest = _sha256(inputs.encode())[:32]
     recorded = host_state()["stamps"].get(stamp)
     if recorded == digest:
@@ -103,7 +117,8 @@ def stamped(stamp: str, inputs: str, commands: list[str], description: str = "")
              logger.info)
     stamp_path = f"{STAMP_DIR}/{stamp}"
     yield f"mkdir -p {STAMP_DIR} && rm -f {stamp_path}"
-    yield from commands
+    for command in commands:
+        yield f"flock {lock} sh -c {shlex.quote(command)}" if lock else command
     yield f"echo {digest} > {stamp_path}.new && mv -f {stamp_path}.new {stamp_path}"
 
 
