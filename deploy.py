@@ -14,6 +14,7 @@ from tasks import (
     accounts,
     builds,
     checkpassword,
+    checks,
     daemontools,
     facts,
     mess822,
@@ -63,3 +64,6 @@ qmail.service(platform, control, checksums["notqmail"])
 smtpd.configure(platform, settings)
 submission.configure(platform, settings, mode)
 stunnel.configure(platform, settings, tls_fingerprint)
+
+# Status checks from outside, once the last operation has run (verify_after_deploy=false skips them)
+checks.after_deploy(settings, platform)

@@ -9,6 +9,9 @@ restarts it next time.
 
 from __future__ import annotations
 
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.files import Link
 from pyinfra.operations import files, systemd
 
 from tasks import ops
@@ -33,8 +36,21 @@ def service(platform: Platform, name: str, run_script: str, start_inputs: list[s
     ops.whole_file(name=f"Write the run script of {name}", dest=f"{directory}/run", mode="755",
                    content=run_script)
     link = f"{platform.service_dir}/{name}"
-    files.link(name=f"Enable service {name}", path=link, target=directory)
+    enable(name=f"Enable service {name}", link=link, directory=directory)
     restart(name, link, [run_script, *start_inputs])
+
+
+@operation()
+def enable(link: str, directory: str, wait_seconds: int = 15):
+    """Link DIRECTORY into svscan's directory, then wait until supervise runs it
+    (svscan looks every 5 s), so whatever follows finds the service up."""
+    if host.get_fact(Link, path=link) and host.get_fact(Link, path=link)["link_target"] == directory:
+        host.noop(f"{link} is enabled")
+        return
+    yield f"ln -sfn {directory} {link}.qmailhost-new && mv -fT {link}.qmailhost-new {link}"
+    yield (f"for i in $(seq {wait_seconds * 10}); do svok {link} 2>/dev/null && exit 0; sleep 0.1; done; "
+           f"echo 'svscan did not start {link} within {wait_seconds} s: is svscan running "
+           "(daemontools-run)?' >&2; exit 1")
 
 
 def restart(name: str, link: str, inputs: list[str], signal: str = "t", why: str = "Restart") -> None:

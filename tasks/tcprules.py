@@ -1,10 +1,17 @@
 """tcprules: who may connect to a tcpserver service, compiled into a cdb.
 
-The rules are a whole file (diffable); the cdb is compiled only when the rules'
-content differs from what the last compile recorded.
+The rules are a whole file (diffable). The cdb is compiled when the rules differ from
+what the last compile recorded, or when the cdb itself is no longer the one that
+compile wrote (changed by hand), so a deploy always puts the declared rules back.
 """
 
+import hashlib
+
+from pyinfra import host, logger
+from pyinfra.api import operation
+
 from tasks import ops
+from tasks.facts import STAMP_DIR, host_state
 from tasks.platform import Platform
 
 
@@ -12,8 +19,19 @@ def rules(platform: Platform, name: str, text: str) -> str:
     """Write NAME.rules and compile NAME.cdb; returns the cdb's path."""
     source, cdb = f"{platform.tcprules_dir}/{name}.rules", f"{platform.tcprules_dir}/{name}.cdb"
     ops.whole_file(name=f"Write the {name} tcprules", dest=source, content=text)
-    ops.stamped(
-        name=f"Compile {name}.cdb", stamp=f"tcprules-{name}", inputs=text,
-        commands=[f"tcprules {cdb} {cdb}.tmp < {source}"], description=f"compile {name}.cdb",
-    )
+    compile_rules(name=f"Compile {name}.cdb", source=source, cdb=cdb, text=text, stamp=f"tcprules-{name}")
     return cdb
+
+
+@operation()
+def compile_rules(source: str, cdb: str, text: str, stamp: str):
+    rules_digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+    current_cdb = host.get_fact(ops.ManagedFile, path=cdb)
+    recorded = host_state()["stamps"].get(stamp)
+    if current_cdb and recorded == f"{rules_digest} {current_cdb['sha256']}":
+        host.noop(f"{cdb} matches its rules")
+        return
+    host.log(f"Will compile {cdb}", logger.info)
+    yield f"tcprules {cdb} {cdb}.tmp < {source}"
+    yield (f"mkdir -p {STAMP_DIR} && echo \"{rules_digest} $(sha256sum < {cdb} | cut -c1-64)\" "
+           f"> {STAMP_DIR}/{stamp}.new && mv -f {STAMP_DIR}/{stamp}.new {STAMP_DIR}/{stamp}")

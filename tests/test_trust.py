@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -91,7 +92,7 @@ def test_no_secret_in_any_output(host, tmp_path):
     assert password not in everything and shadow_hash not in everything
     assert shadow_hash.rsplit("$", 1)[1][:16] not in everything  # not even a piece of the digest
     for pair in pairs:
-        key_lines = [line for line in open(pair["tls_key"]).read().splitlines() if not line.startswith("-----")]
+        key_lines = [line for line in Path(pair["tls_key"]).read_text().splitlines() if not line.startswith("-----")]
         assert key_lines and not [line for line in key_lines if line in everything]
     msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
     submit(host, USER, password, msg)  # the password from the file is the one the host checks
@@ -112,7 +113,7 @@ def interrupted_deploy_recovers(host: sandbox.Host, after_seconds: float) -> Non
         run.wait()
     pyinfra(host)
     msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
-    for attempt in range(40):
+    for _ in range(40):
         try:
             submit(host, USER, sandbox.sandbox_password(), msg)
             break
