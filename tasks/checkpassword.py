@@ -1,9 +1,13 @@
-"""checkpassword: checks a password against /etc/shadow, then runs a program as the user.
+"""checkpassword: checks a password against /etc/shadow (NetBSD: /etc/master.passwd),
+then runs a program as the user.
 
 It needs root for both, while ofmipd and spamdyke run unprivileged as ofmipd; so it
 is setuid root and executable only by group ofmipd (mode 4750): least privilege that
-works. Nothing else on the host can run it.
+works. Nothing else on the host can run it. Built from its release (Debian) or
+installed by a package (NetBSD), whose owner and mode are then set the same way.
 """
+
+from pyinfra.operations import files
 
 from tasks import builds
 from tasks.platform import Platform
@@ -12,6 +16,10 @@ SERVICE_GROUP = "ofmipd"
 
 
 def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, str]) -> None:
+    if "checkpassword" not in platform.builds_from_source:
+        files.file(name="Make checkpassword setuid root for group ofmipd only", path=platform.checkpassword,
+                   user="root", group=SERVICE_GROUP, mode="4750", touch=False)
+        return
     builds.build(
         "checkpassword", "Build and install checkpassword", "checkpassword/build.sh",
         args=[distfiles["checkpassword"], platform.checkpassword, SERVICE_GROUP],

@@ -10,10 +10,10 @@ from tasks.platform import Platform
 
 def rules(platform: Platform, name: str, text: str) -> str:
     """Write NAME.rules and compile NAME.cdb; returns the cdb's path."""
-    source, cdb = f"{platform.tcprules_dir}/{name}.rules", f"{platform.tcprules_dir}/{name}.cdb"
+    source, cdb = platform.tcprules_paths(name)
     ops.whole_file(name=f"Write the {name} tcprules", dest=source, content=text)
     ops.stamped(
         name=f"Compile {name}.cdb", stamp=f"tcprules-{name}", inputs=text,
-        commands=[f"tcprules {cdb} {cdb}.tmp < {source}"], description=f"compile {name}.cdb",
+        commands=[f"{platform.tcprules} {cdb} {cdb}.tmp < {source}"], description=f"compile {name}.cdb",
     )
     return cdb
