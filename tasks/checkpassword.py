@@ -7,9 +7,7 @@ works. Nothing else on the host can run it. Built from its release (Debian) or
 installed by a package (NetBSD), whose owner and mode are then set the same way.
 """
 
-from pyinfra.operations import files
-
-from tasks import builds
+from tasks import builds, ops
 from tasks.platform import Platform
 
 SERVICE_GROUP = "ofmipd"
@@ -17,8 +15,8 @@ SERVICE_GROUP = "ofmipd"
 
 def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, str]) -> None:
     if "checkpassword" not in platform.builds_from_source:
-        files.file(name="Make checkpassword setuid root for group ofmipd only", path=platform.checkpassword,
-                   user="root", group=SERVICE_GROUP, mode="4750", touch=False)
+        ops.permissions(name="Make checkpassword setuid root for group ofmipd only", path=platform.checkpassword,
+                        mode="4750", user="root", group=SERVICE_GROUP)
         return
     builds.build(
         "checkpassword", "Build and install checkpassword", "checkpassword/build.sh",

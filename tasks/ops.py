@@ -9,7 +9,10 @@
   differs from the one the host recorded after the last successful run: builds,
   cdb compiles, restarts. The stamp is written last, so an interrupted step reruns.
 - ``account_password``: sets a password hash through a file, never a command line,
-  and only when the host's hash does not verify the password.
+  and only when the host's hash does not verify the password (the hash scheme and the
+  command that applies the file are platform data: chpasswd, or NetBSD's master.passwd).
+- ``user``/``group``: useradd/groupadd with the platform's flags; ``permissions``: the
+  owner and mode of a file a package installed.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class ManagedFile(FactBase):
         if len(output) < 2:
             return None
         mode, user, group = output[1].split()
-        return {"sha256": output[0].strip(), "mode": mode, "user": user, "group": group}
+        return {"sha256": output[0].strip(), "mode": mode.lstrip("0") or "0", "user": user, "group": group}
 
 
 def managed_file(path: str) -> dict | None:
@@ -131,6 +134,7 @@ def stamp_commands(stamp: str, digest: str, commands: list[str]):
 # file takes sha512-crypt ($6$), NetBSD's master.passwd its native sha1-crypt ($sha1$).
 _SCHEMES = {"sha512_crypt": sha512_crypt, "sha1_crypt": sha1_crypt}
 _PREFIXES = {"sha512_crypt": "$6$", "sha1_crypt": "$sha1$"}
+_NEW_ROUNDS = {"sha1_crypt": 24680}  # NetBSD's own default for new sha1 hashes (pw_gensalt)
 
 
 def password_hash(password: str, salt: str | None = None, scheme: str = "sha512_crypt",
@@ -140,8 +144,7 @@ def password_hash(password: str, salt: str | None = None, scheme: str = "sha512_
         hasher = sha512_crypt.using(rounds=5000) if salt is None else sha512_crypt.using(salt=salt, rounds=5000)
         return hasher.hash(password)
     settings = {"salt": salt} if salt is not None else {}
-    if rounds is not None:
-        settings["rounds"] = rounds
+    settings["rounds"] = rounds or _NEW_ROUNDS[scheme]
     return _SCHEMES[scheme].using(**settings).hash(password)
 
 
@@ -236,6 +239,16 @@ def user(user: str, group: str | None, home: str, shell: str, system: bool = Fal
         host.noop(f"user {user} exists")
         return
     yield f"usermod {' '.join(changes)} {quoted}"
+
+
+@operation()
+def permissions(path: str, mode: str, user: str, group: str):
+    """PATH (installed by a package) has this owner, group and MODE (e.g. 4750)."""
+    current = managed_file(path)
+    if current and (current["mode"], current["user"], current["group"]) == (mode.lstrip("0"), user, group):
+        host.noop(f"{path} is {mode} {user}:{group}")
+        return
+    yield f"chown {user}:{group} {shlex.quote(path)} && chmod {mode} {shlex.quote(path)}"
 
 
 @operation()

@@ -133,7 +133,7 @@ def debian(release: str) -> Platform:
 # NetBSD: no -r (system accounts are a uid range in /etc/usermgmt.conf), useradd does not
 # make a home unless told (-m), and "-g =uid" makes a group of the user's own name.
 NETBSD_ACCOUNTS = AccountTools(system_user=(), system_group=(), own_group=("-g", "=uid"), no_home=())
-NETBSD_SHELL = Shell(sha256="openssl dgst -sha256 -r", stat="stat -f '%OLp %Su %Sg'",
+NETBSD_SHELL = Shell(sha256="openssl dgst -sha256 -r", stat="stat -f '%OMp%OLp %Su %Sg'",
                      password_field="awk -F: -v u=\"$u\" '$1 == u { print $2 }' /etc/master.passwd")
 NETBSD_PACKAGES = ("qmail-run", "stunnel", "spamdyke", "checkpassword", "ucspi-tcp")
 

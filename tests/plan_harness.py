@@ -5,8 +5,9 @@ every fact answered by a function of ours instead of a connection.
 operations are ordered by the call stack exactly as ``pyinfra ... deploy.py`` orders
 them) and returns [(operation name, [commands])] for the operations that would change
 something. ``plan_operation(op, kwargs, answer)`` does the same for one operation's
-``_inner``. Commands are serialised as pyinfra-testing does: strings, and
-["upload", content, dest] for uploads.
+``_inner``. Commands are serialised as pyinfra-testing's operation tests do: strings,
+and ["upload", content, dest] for uploads (pyinfra-testing itself is not imported: it
+loads pyinfra_cli, whose gevent monkey-patching would reach the other tests).
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from typing import Any
 from unittest import mock
 
 import pyinfra
-from pyinfra.api import Config, Inventory, State
+from pyinfra.api import Config, FileUploadCommand, Inventory, State, StringCommand
 from pyinfra.api.host import Host
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_config, ctx_host, ctx_state
-from pyinfra_testing.operations import parse_commands
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEPLOY = str(PROJECT / "deploy.py")
@@ -41,6 +41,26 @@ def _fact_kwargs(cls, args, kwargs) -> dict:
         kwargs = getcallargs(cls().command, *args, **kwargs)
         kwargs.pop("self", None)
     return kwargs
+
+
+def parse_commands(commands) -> list:
+    parsed = []
+    for command in commands:
+        if isinstance(command, str):
+            command = StringCommand(command.strip())
+        if isinstance(command, StringCommand):
+            parsed.append(command.get_raw_value())
+        elif isinstance(command, FileUploadCommand):
+            if hasattr(command.src, "read"):
+                command.src.seek(0)
+                data = command.src.read()
+                data = data.decode() if isinstance(data, bytes) else data
+            else:
+                data = str(command.src)
+            parsed.append(["upload", data, str(command.dest)])
+        else:
+            raise AssertionError(f"unexpected command {command!r}")
+    return parsed
 
 
 @contextmanager
