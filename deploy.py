@@ -2,10 +2,12 @@
 
     pyinfra inventory/<site>.py deploy.py [--dry --diff]
 
-Settings are read and validated once (tasks/settings.py) and the distfiles fetched
-and verified on the laptop (tasks/sources.py) before any operation; then each
-component adds its operations in order: packages and users, builds, configuration,
-services. Restarts follow real changes only.
+Settings are read and validated once (tasks/settings.py), the platform decided once
+from facts (tasks/platform.py: Debian or NetBSD, with its package and service
+backends) and the distfiles it builds from fetched and verified on the laptop
+(tasks/sources.py) before any operation; then each component adds its operations in
+order: packages and users, builds, configuration, services. Restarts follow real
+changes only.
 """
 
 from pyinfra import host
@@ -15,11 +17,11 @@ from tasks import (
     builds,
     checkpassword,
     checks,
-    daemontools,
     facts,
     mess822,
     packages,
     qmail,
+    services,
     smtpd,
     spamdyke,
     stunnel,
@@ -33,19 +35,19 @@ from tasks.settings import Settings
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
 platform = detect()
 mode = submission.mode_for(settings, platform)
-fetched = builds.fetch_all(settings)
+fetched = builds.fetch_all(settings, platform.builds_from_source)
 checksums = {name: distfile.sha512 for name, (distfile, _) in fetched.items()}
 facts.watch(users=[a.name for a in settings.accounts], secrets=[tls.paths(platform)[1]],
-            cert=tls.paths(platform)[0])
+            cert=tls.paths(platform)[0], shell=platform.shell)
 
 # Packages, users, sources
-packages.install(platform)
-tmda.retire_all()  # before anything listens on 587: TMDA's stunnel stanza may hold it
+packages.install(platform, mode.packages)
+tmda.converge(platform, mode)  # before anything listens on 587: TMDA's stunnel stanza may hold it
 qmail.users(platform)
 submission.user(platform)
 distfiles = builds.upload(fetched)
 
-# Builds (each only when its inputs changed)
+# Builds (each only when its inputs changed; only what the platform builds itself)
 qmail.install(platform, distfiles, checksums)
 mess822.install(platform, distfiles, checksums)
 checkpassword.install(platform, distfiles, checksums)
@@ -58,12 +60,12 @@ qmail.sendmail(platform)
 accounts.configure(platform, settings)
 tls_fingerprint = tls.configure(platform, settings)
 
-# Services (daemontools)
-daemontools.supervisor(platform)
-qmail.service(platform, control, checksums["notqmail"])
+# Services (daemontools or rc.d: tasks/services.py)
+services.backend(platform).supervisor(platform)
+qmail.service(platform, control, checksums.get("notqmail", "pkgsrc"))
 smtpd.configure(platform, settings)
 submission.configure(platform, settings, mode)
-stunnel.configure(platform, settings, tls_fingerprint)
+stunnel.configure(platform, settings, tls_fingerprint, mode)
 
 # Status checks from outside, once the last operation has run (verify_after_deploy=false skips them)
 checks.after_deploy(settings, platform)

@@ -17,11 +17,18 @@ DISTFILE_DIR = f"{STATE_DIR}/distfiles"
 SCRIPT_DIR = f"{STATE_DIR}/build"
 
 
-def fetch_all(settings) -> dict[str, tuple[Distfile, str]]:
-    """Fetch and verify every distfile on the laptop: {component: (distfile, local path)}."""
+# The distfiles each component built from source needs.
+NEEDS = {"notqmail": ("notqmail",), "mess822": ("mess822", "mess822-auth-patch"),
+         "checkpassword": ("checkpassword",), "spamdyke": ("spamdyke",)}
+
+
+def fetch_all(settings, builds_from_source=tuple(NEEDS)) -> dict[str, tuple[Distfile, str]]:
+    """Fetch and verify, on the laptop, every distfile the components in BUILDS_FROM_SOURCE
+    need: {component: (distfile, local path)}."""
     explicit = settings.distfiles_explicit
     distfiles = resolve(settings.sources, settings.distfiles, explicit)
-    return {name: (d, str(fetch(d, settings.distfiles))) for name, d in distfiles.items()}
+    wanted = {name for component in builds_from_source for name in NEEDS[component]}
+    return {name: (d, str(fetch(d, settings.distfiles))) for name, d in distfiles.items() if name in wanted}
 
 
 def upload(fetched: dict[str, tuple[Distfile, str]]) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""daemontools: each service is a directory with ./run and ./log/run, linked into
-/etc/service, where svscan (daemontools-run's unit; the sandbox's init) starts it.
+"""daemontools (Debian's service backend): each service is a directory with ./run and
+./log/run, linked into /etc/service, where svscan (daemontools-run's unit; the
+sandbox's init) starts it. tasks/rcd.py is the same interface for NetBSD's rc.d.
 
 A service is restarted (svc -t) only when what it reads at start changed: its run
 script plus the inputs its caller names (a config, a certificate's fingerprint,
@@ -59,3 +60,32 @@ def restart(name: str, link: str, inputs: list[str], signal: str = "t", why: str
         commands=[f"if svok {link} 2>/dev/null; then svc -{signal} {link}; fi"],
         description=f"{why.lower()} {name}",
     )
+
+
+# The service backend interface (tasks/services.py), as daemontools runs each service.
+
+def qmail_send(platform: Platform, start_inputs: list[str], reload_inputs: list[str]) -> None:
+    """qmail-send: restarted when what it reads at start changes, HUP when only RELOAD_INPUTS do."""
+    run = render("daemontools/qmail-send.run", qmail_home=platform.qmail_home)
+    service(platform, "qmail-send", run, start_inputs=start_inputs)
+    restart("qmail-send", f"{platform.service_dir}/qmail-send", reload_inputs, signal="h", why="Reload")
+
+
+def smtpd(platform: Platform, settings, cdb: str, spamdyke_conf: str) -> None:
+    run = render("daemontools/qmail-smtpd.run", port=settings.smtp_port, tcprules=cdb,
+                 hostname=settings.hostname, connections=settings.smtp_connections,
+                 spamdyke=platform.spamdyke, spamdyke_conf=spamdyke_conf, qmail_home=platform.qmail_home)
+    service(platform, "qmail-smtpd", run, start_inputs=[])
+
+
+def submission(platform: Platform, settings, mode, cdb: str) -> None:
+    run = render("daemontools/qmail-ofmipd.run", port=settings.ofmipd_port, tcprules=cdb,
+                 submission_port=settings.submission_port, mode=mode.name, description=mode.description,
+                 hostname=settings.hostname, connections=settings.submission_connections,
+                 program=mode.program(platform, settings))
+    service(platform, "qmail-ofmipd", run, start_inputs=[])
+
+
+def stunnel(platform: Platform, config_path: str, start_inputs: list[str]) -> None:
+    run = render("daemontools/stunnel.run", stunnel=platform.stunnel, config=config_path)
+    service(platform, "stunnel", run, start_inputs=start_inputs)

@@ -9,7 +9,10 @@
   differs from the one the host recorded after the last successful run: builds,
   cdb compiles, restarts. The stamp is written last, so an interrupted step reruns.
 - ``account_password``: sets a password hash through a file, never a command line,
-  and only when the host's hash does not verify the password.
+  and only when the host's hash does not verify the password (the hash scheme and the
+  command that applies the file are platform data: chpasswd, or NetBSD's master.passwd).
+- ``user``/``group``: useradd/groupadd with the platform's flags; ``permissions``: the
+  owner and mode of a file a package installed.
 """
 
 from __future__ import annotations
@@ -18,28 +21,36 @@ import hashlib
 import shlex
 from io import BytesIO
 
-from passlib.hash import sha512_crypt
+from passlib.hash import sha1_crypt, sha512_crypt
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FileUploadCommand, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.operations.util.files import generate_color_diff
 
 from tasks.facts import STAMP_DIR, host_state
+from tasks.platform import DEBIAN_ACCOUNTS, DEBIAN_PASSWORD_APPLY, AccountTools, root_group
+from tasks.platform import shell as shell_dialect
 
 
 class ManagedFile(FactBase):
     """SHA256, mode, owner and group of one file, or None when it is absent."""
 
-    def command(self, path):
+    def command(self, path, sha256="sha256sum", stat="stat -c '%a %U %G'"):
         quoted = shlex.quote(path)
-        return (f"if [ -f {quoted} ]; then sha256sum < {quoted} | cut -c1-64; "
-                f"stat -c '%a %U %G' {quoted}; fi; true")
+        return (f"if [ -f {quoted} ]; then {sha256} < {quoted} | cut -c1-64; "
+                f"{stat} {quoted}; fi; true")
 
     def process(self, output):
         if len(output) < 2:
             return None
         mode, user, group = output[1].split()
-        return {"sha256": output[0].strip(), "mode": mode, "user": user, "group": group}
+        return {"sha256": output[0].strip(), "mode": mode.lstrip("0") or "0", "user": user, "group": group}
+
+
+def managed_file(path: str) -> dict | None:
+    """ManagedFile of PATH, asked in the current host's shell dialect."""
+    dialect = shell_dialect()
+    return host.get_fact(ManagedFile, path=path, sha256=dialect.sha256, stat=dialect.stat)
 
 
 def _sha256(data: bytes) -> str:
@@ -56,10 +67,12 @@ def _install_commands(dest: str, data: bytes, mode: str, user: str, group: str):
 
 
 @operation()
-def whole_file(dest: str, content: str, mode: str = "644", user: str = "root", group: str = "root"):
-    """Manage DEST as exactly CONTENT (a whole file), with a diff under --diff."""
+def whole_file(dest: str, content: str, mode: str = "644", user: str = "root", group: str | None = None):
+    """Manage DEST as exactly CONTENT (a whole file), with a diff under --diff.
+    GROUP defaults to root's group (root on Debian, wheel on NetBSD)."""
+    group = group or root_group()
     data = content.encode()
-    current = host.get_fact(ManagedFile, path=dest)
+    current = managed_file(dest)
     if current and current["sha256"] == _sha256(data):
         if (current["mode"], current["user"], current["group"]) == (mode.lstrip("0") or "0", user, group):
             host.noop(f"{dest} is up to date")
@@ -76,9 +89,10 @@ def whole_file(dest: str, content: str, mode: str = "644", user: str = "root", g
 
 
 @operation()
-def secret_file(dest: str, data: bytes, mode: str = "600", user: str = "root", group: str = "root"):
+def secret_file(dest: str, data: bytes, mode: str = "600", user: str = "root", group: str | None = None):
     """Manage DEST as DATA without ever showing it: only SHA256 prefixes are printed."""
-    current = host.get_fact(ManagedFile, path=dest)
+    group = group or root_group()
+    current = managed_file(dest)
     new = _sha256(data)
     if current and current["sha256"] == new:
         if (current["mode"], current["user"], current["group"]) == (mode.lstrip("0") or "0", user, group):
@@ -92,15 +106,15 @@ def secret_file(dest: str, data: bytes, mode: str = "600", user: str = "root", g
 
 
 @operation()
-def put_file(dest: str, src: str, mode: str = "644", user: str = "root", group: str = "root"):
+def put_file(dest: str, src: str, mode: str = "644", user: str = "root", group: str | None = None):
     """Upload the local file SRC as DEST when their SHA256 differ, atomically."""
     with open(src, "rb") as handle:
         data = handle.read()
-    current = host.get_fact(ManagedFile, path=dest)
+    current = managed_file(dest)
     if current and current["sha256"] == _sha256(data):
         host.noop(f"{dest} is up to date")
         return
-    yield from _install_commands(dest, data, mode, user, group)
+    yield from _install_commands(dest, data, mode, user, group or root_group())
 
 
 @operation()
@@ -108,13 +122,22 @@ def stamped(stamp: str, inputs: str, commands: list[str], description: str = "",
     """Run COMMANDS when the host's stamp STAMP does not hold the digest of INPUTS.
     With LOCK, each command runs under flock(1) on that file, so a remnant of an
     interrupted run still at work finishes first."""
-    digest = _sha256(inputs.encode())[:32]
+    digest = stamp_digest(inputs)
     recorded = host_state()["stamps"].get(stamp)
     if recorded == digest:
         host.noop(f"{description or stamp} is current (stamp {digest[:8]})")
         return
     host.log(f"Will {description or 'run ' + stamp} (stamp {recorded and recorded[:8]} → {digest[:8]})",
              logger.info)
+    yield from stamp_commands(stamp, digest, commands, lock)
+
+
+def stamp_digest(inputs: str) -> str:
+    return _sha256(inputs.encode())[:32]
+
+
+def stamp_commands(stamp: str, digest: str, commands: list[str], lock: str | None = None):
+    """COMMANDS between removing STAMP and recording DIGEST in it (an interrupted run reruns them)."""
     stamp_path = f"{STAMP_DIR}/{stamp}"
     yield f"mkdir -p {STAMP_DIR} && rm -f {stamp_path}"
     for command in commands:
@@ -122,34 +145,56 @@ def stamped(stamp: str, inputs: str, commands: list[str], description: str = "",
     yield f"echo {digest} > {stamp_path}.new && mv -f {stamp_path}.new {stamp_path}"
 
 
-def password_hash(password: str, salt: str | None = None) -> str:
-    """sha512-crypt of PASSWORD (with SALT, to check an existing hash)."""
-    hasher = sha512_crypt.using(rounds=5000) if salt is None else sha512_crypt.using(salt=salt, rounds=5000)
-    return hasher.hash(password)
+# passlib handlers by the platform's scheme name (tasks/platform.py): Debian's shadow
+# file takes sha512-crypt ($6$), NetBSD's master.passwd its native sha1-crypt ($sha1$).
+_SCHEMES = {"sha512_crypt": sha512_crypt, "sha1_crypt": sha1_crypt}
+_PREFIXES = {"sha512_crypt": "$6$", "sha1_crypt": "$sha1$"}
+_NEW_ROUNDS = {"sha1_crypt": 24680}  # NetBSD's own default for new sha1 hashes (pw_gensalt)
 
 
-def password_matches(password: str, recorded: dict | None) -> bool:
+def password_hash(password: str, salt: str | None = None, scheme: str = "sha512_crypt",
+                  rounds: int | None = None) -> str:
+    """PASSWORD hashed with SCHEME (with SALT and ROUNDS, to check an existing hash)."""
+    if scheme == "sha512_crypt":
+        hasher = sha512_crypt.using(rounds=5000) if salt is None else sha512_crypt.using(salt=salt, rounds=5000)
+        return hasher.hash(password)
+    settings = {"salt": salt} if salt is not None else {}
+    settings["rounds"] = rounds or _NEW_ROUNDS[scheme]
+    return _SCHEMES[scheme].using(**settings).hash(password)
+
+
+def password_matches(password: str, recorded: dict | None, scheme: str = "sha512_crypt") -> bool:
     """Does the host's hash (salt and SHA256 of the whole hash) verify PASSWORD?"""
-    if not recorded or not recorded["salt"].startswith("$6$"):
+    if not recorded or not recorded["salt"].startswith(_PREFIXES[scheme]):
         return False
     salt_field = recorded["salt"].split("$")
-    if len(salt_field) != 3 or any(c not in sha512_crypt.salt_chars for c in salt_field[2]):
-        return False
-    candidate = password_hash(password, salt=salt_field[2])
+    handler = _SCHEMES[scheme]
+    if scheme == "sha512_crypt":
+        if len(salt_field) != 3 or any(c not in sha512_crypt.salt_chars for c in salt_field[2]):
+            return False
+        candidate = password_hash(password, salt=salt_field[2])
+    else:  # $sha1$ROUNDS$SALT
+        if len(salt_field) != 4 or not salt_field[2].isdigit() or not salt_field[3] \
+                or any(c not in handler.salt_chars for c in salt_field[3]):
+            return False
+        candidate = password_hash(password, salt=salt_field[3], scheme=scheme, rounds=int(salt_field[2]))
     return _sha256(candidate.encode()) == recorded["hash_sha256"]
 
 
 @operation()
-def account_password(user: str, password: str, source: str):
-    """Set USER's password hash from PASSWORD (from SOURCE) when the host's does not verify it."""
+def account_password(user: str, password: str, source: str, scheme: str = "sha512_crypt",
+                     apply: str = DEBIAN_PASSWORD_APPLY):
+    """Set USER's password hash from PASSWORD (from SOURCE) when the host's does not verify it.
+    The hash travels in an uploaded "user:hash" file that APPLY ({file}) feeds to the
+    password database and removes; never on a command line."""
     recorded = host_state()["accounts"].get(user)
-    if password_matches(password, recorded):
+    if password_matches(password, recorded, scheme):
         host.noop(f"password of {user} verifies ({source})")
         return
-    line = f"{user}:{password_hash(password)}\n".encode()
+    line = f"{user}:{password_hash(password, scheme=scheme)}\n".encode()
     temp = f"/root/.qmailhost-chpasswd-{user}"
     yield FileUploadCommand(BytesIO(line), temp, remote_temp_filename=temp)
-    yield f"chmod 600 {temp} && chpasswd -e < {temp}; status=$?; rm -f {temp}; exit $status"
+    yield apply.format(file=temp)
 
 
 class UserEntry(FactBase):
@@ -175,24 +220,27 @@ class GroupExists(FactBase):
 
 
 @operation()
-def group(group: str, system: bool = True):
-    """GROUP exists (groupadd [-r])."""
+def group(group: str, system: bool = True, tools: AccountTools = DEBIAN_ACCOUNTS):
+    """GROUP exists (groupadd, with the platform's system-group flags)."""
     if host.get_fact(GroupExists, group=group):
         host.noop(f"group {group} exists")
         return
-    yield f"groupadd {'-r ' if system else ''}{shlex.quote(group)}"
+    flags = list(tools.system_group) if system else []
+    yield " ".join(["groupadd", *flags, shlex.quote(group)])
 
 
 @operation()
-def user(user: str, group: str | None, home: str, shell: str, system: bool = False, create_home: bool = False):
+def user(user: str, group: str | None, home: str, shell: str, system: bool = False, create_home: bool = False,
+         tools: AccountTools = DEBIAN_ACCOUNTS):
     """USER exists with this primary GROUP, HOME and SHELL. Unlike server.user, it never
     reads /etc/shadow and never changes the owner of an existing home directory."""
     current = host.get_fact(UserEntry, user=user)
     quoted = shlex.quote(user)
     if current is None:
-        flags = ["-r"] if system else []
-        flags += ["-g", shlex.quote(group)] if group else ["-U"]
-        flags += ["-d", shlex.quote(home), "-s", shlex.quote(shell), "-m" if create_home else "-M"]
+        flags = list(tools.system_user) if system else []
+        flags += ["-g", shlex.quote(group)] if group else list(tools.own_group)
+        flags += ["-d", shlex.quote(home), "-s", shlex.quote(shell)]
+        flags += list(tools.create_home if create_home else tools.no_home)
         yield f"useradd {' '.join(flags)} {quoted}"
         return
     changes = []
@@ -209,9 +257,19 @@ def user(user: str, group: str | None, home: str, shell: str, system: bool = Fal
 
 
 @operation()
+def permissions(path: str, mode: str, user: str, group: str):
+    """PATH (installed by a package) has this owner, group and MODE (e.g. 4750)."""
+    current = managed_file(path)
+    if current and (current["mode"], current["user"], current["group"]) == (mode.lstrip("0"), user, group):
+        host.noop(f"{path} is {mode} {user}:{group}")
+        return
+    yield f"chown {user}:{group} {shlex.quote(path)} && chmod {mode} {shlex.quote(path)}"
+
+
+@operation()
 def absent_file(path: str):
     """PATH does not exist; under --diff the removal shows as a diff of every line."""
-    current = host.get_fact(ManagedFile, path=path)
+    current = managed_file(path)
     if current is None:
         host.noop(f"{path} is absent")
         return

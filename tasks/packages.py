@@ -1,16 +1,19 @@
-"""Base packages: the toolchain the builds need and the daemons Debian provides.
+"""Packages: what the platform's package system provides, through its backend.
 
-ucspi-tcp (tcpserver, tcprules), daemontools (+ daemontools-run: svscan over
-/etc/service), stunnel4, openssl, and build-essential, groff-base and libssl-dev for
-the source builds. No daemon is started by installing them. A run cut off during an
-install leaves dpkg half done: the next run waits for any apt or dpkg still running,
-then finishes dpkg's work before installing anything.
+Debian (apt): ucspi-tcp (tcpserver, tcprules), daemontools (+ daemontools-run: svscan
+over /etc/service), stunnel4, openssl, and build-essential, groff-base and libssl-dev
+for the source builds. NetBSD (pkgin, tasks/pkgsrc.py): qmail-run (qmail and its rc.d
+scripts), stunnel, spamdyke, checkpassword, ucspi-tcp, and mess822 built from pkgsrc
+with SMTP AUTH. A submission mode may add packages (TMDA). No daemon is started here.
+On Debian, a run cut off during an install leaves dpkg half done: the next run waits
+for any apt or dpkg still running, then finishes dpkg's work before installing.
 """
 
 from pyinfra import host
 from pyinfra.api import FactBase, operation
 from pyinfra.operations import apt
 
+from tasks import pkgsrc
 from tasks.platform import Platform
 
 _BUSY_OR_INTERRUPTED = r"""
@@ -41,12 +44,19 @@ def finish_interrupted_dpkg():
     yield "DEBIAN_FRONTEND=noninteractive dpkg --configure -a"
 
 
-def install(platform: Platform) -> None:
+def _apt(platform: Platform, extra: tuple[str, ...] = ()) -> None:
     finish_interrupted_dpkg(name="Finish an interrupted dpkg run")
     apt.packages(
         name="Install the base packages",
-        packages=list(platform.base_packages),
+        packages=[*platform.base_packages, *extra],
         update=True,
         cache_time=24 * 3600,
         no_recommends=True,
     )
+
+
+BACKENDS = {"apt": _apt, "pkgin": pkgsrc.install}
+
+
+def install(platform: Platform, extra: tuple[str, ...] = ()) -> None:
+    BACKENDS[platform.package_manager](platform, extra)

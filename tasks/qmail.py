@@ -1,16 +1,17 @@
 """qmail (notqmail): users, build, control files, aliases and sendmail.
 
-notqmail is built from its pinned release into /var/qmail. Its control files are
-managed as whole files (diffable with --dry --diff); qmail-send delivers to each
-user's ./Maildir/. Neighbours: qmail-smtpd (port 25, tasks/smtpd.py) and ofmipd
-(tasks/submission.py) queue through qmail-queue; qmail-send picks the mail up.
+notqmail is built from its pinned release into /var/qmail (Debian) or comes from
+pkgsrc's qmail package (NetBSD: the platform's builds_from_source decides). Its
+control files are managed as whole files (diffable with --dry --diff); qmail-send
+delivers to each user's ./Maildir/. Neighbours: qmail-smtpd (port 25, tasks/smtpd.py)
+and ofmipd (tasks/submission.py) queue through qmail-queue; qmail-send picks the mail up.
 """
 
 from __future__ import annotations
 
 from pyinfra.operations import files
 
-from tasks import builds, ops
+from tasks import builds, ops, services
 from tasks.platform import Platform
 from tasks.settings import Settings
 
@@ -29,24 +30,28 @@ USERS = (  # (user, group, home)
 
 def users(platform: Platform) -> None:
     for group in GROUPS:
-        ops.group(name=f"Create group {group}", group=group)
+        ops.group(name=f"Create group {group}", group=group, tools=platform.accounts)
     for user, group, home in USERS:
         ops.user(
             name=f"Create user {user}", user=user, group=group, system=True,
-            home=f"{platform.qmail_home}/{home}".rstrip("/"), shell=platform.nologin,
+            home=f"{platform.qmail_home}/{home}".rstrip("/"), shell=platform.nologin, tools=platform.accounts,
         )
 
 
 def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, str]) -> None:
+    if "notqmail" not in platform.builds_from_source:
+        return  # a package provides it (tasks/packages.py)
     builds.build(
         "notqmail", "Build and install notqmail", "qmail/build.sh",
         args=[distfiles["notqmail"]], inputs=[checksums["notqmail"], platform.qmail_home],
     )
 
 
-def control_files(settings: Settings) -> dict[str, str | None]:
+def control_files(settings: Settings, platform: Platform | None = None) -> dict[str, str | None]:
     """Every control file qmailhost manages: name -> content (None: must be absent)."""
     locals_ = [settings.hostname, "localhost", *settings.domains]
+    limits = {name: str(getattr(settings, setting)) for name, setting in
+              (platform.connection_limit_files if platform else ())}
     return {
         "me": settings.hostname,
         "defaultdomain": settings.primary_domain,
@@ -60,6 +65,7 @@ def control_files(settings: Settings) -> dict[str, str | None]:
         "concurrencyremote": str(settings.concurrency_remote),
         "concurrencylocal": str(settings.concurrency_local),
         "defaultdelivery": "./Maildir/",
+        **limits,  # qmail-run's rc.d scripts read tcpserver's connection limits here
     }
 
 
@@ -72,7 +78,7 @@ READ_ON_HUP = ("locals", "virtualdomains")
 
 def configure(platform: Platform, settings: Settings) -> dict[str, str]:
     """Write the control files; returns them for the services' restart fingerprints."""
-    control = control_files(settings)
+    control = control_files(settings, platform)
     for name, content in control.items():
         path = f"{platform.control_dir}/{name}"
         if content is None:
@@ -97,18 +103,17 @@ def aliases(platform: Platform, settings: Settings) -> None:
 
 
 def sendmail(platform: Platform) -> None:
-    for path in ("/usr/sbin/sendmail", "/usr/lib/sendmail"):
+    """sendmail is qmail's: links (Debian), or mailwrapper's /etc/mailer.conf (NetBSD)."""
+    for path in platform.sendmail_links:
         files.link(name=f"Point {path} at qmail's", path=path, target=f"{platform.qmail_home}/bin/sendmail")
+    if platform.mailer_conf is not None:
+        ops.whole_file(name="Point mailwrapper at qmail (/etc/mailer.conf)", dest="/etc/mailer.conf",
+                       content=platform.mailer_conf)
 
 
 def service(platform: Platform, control: dict[str, str], notqmail_checksum: str) -> None:
-    """qmail-send under daemontools: restarted when what it reads at start changes,
-    sent HUP (re-read locals and virtualdomains) when only those change."""
-    from tasks import daemontools
-    from tasks.templates import render
-
-    run = render("daemontools/qmail-send.run", qmail_home=platform.qmail_home)
-    daemontools.service(platform, "qmail-send", run,
-                        start_inputs=[notqmail_checksum, *(control[name] for name in READ_AT_START)])
-    daemontools.restart("qmail-send", f"{platform.service_dir}/qmail-send",
-                        [control[name] for name in READ_ON_HUP], signal="h", why="Reload")
+    """qmail-send: restarted when what it reads at start changes, sent HUP (re-read
+    locals and virtualdomains) when only those change."""
+    services.backend(platform).qmail_send(
+        platform, start_inputs=[notqmail_checksum, *(control[name] for name in READ_AT_START)],
+        reload_inputs=[control[name] for name in READ_ON_HUP])

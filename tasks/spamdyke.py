@@ -11,6 +11,8 @@ from tasks.templates import render
 
 
 def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, str]) -> None:
+    if "spamdyke" not in platform.builds_from_source:
+        return  # a package provides it (tasks/packages.py)
     builds.build("spamdyke", "Build and install spamdyke", "spamdyke/build.sh",
                  args=[distfiles["spamdyke"], platform.spamdyke], inputs=[checksums["spamdyke"]])
 

@@ -17,21 +17,22 @@ from tasks.platform import Platform
 
 def rules(platform: Platform, name: str, text: str) -> str:
     """Write NAME.rules and compile NAME.cdb; returns the cdb's path."""
-    source, cdb = f"{platform.tcprules_dir}/{name}.rules", f"{platform.tcprules_dir}/{name}.cdb"
+    source, cdb = platform.tcprules_paths(name)
     ops.whole_file(name=f"Write the {name} tcprules", dest=source, content=text)
-    compile_rules(name=f"Compile {name}.cdb", source=source, cdb=cdb, text=text, stamp=f"tcprules-{name}")
+    compile_rules(name=f"Compile {name}.cdb", source=source, cdb=cdb, text=text, stamp=f"tcprules-{name}",
+                  tcprules=platform.tcprules, sha256=platform.shell.sha256)
     return cdb
 
 
 @operation()
-def compile_rules(source: str, cdb: str, text: str, stamp: str):
+def compile_rules(source: str, cdb: str, text: str, stamp: str, tcprules: str, sha256: str):
     rules_digest = hashlib.sha256(text.encode()).hexdigest()[:32]
-    current_cdb = host.get_fact(ops.ManagedFile, path=cdb)
+    current_cdb = ops.managed_file(cdb)
     recorded = host_state()["stamps"].get(stamp)
     if current_cdb and recorded == f"{rules_digest} {current_cdb['sha256']}":
         host.noop(f"{cdb} matches its rules")
         return
     host.log(f"Will compile {cdb}", logger.info)
-    yield f"tcprules {cdb} {cdb}.tmp < {source}"
-    yield (f"mkdir -p {STAMP_DIR} && echo \"{rules_digest} $(sha256sum < {cdb} | cut -c1-64)\" "
+    yield f"{tcprules} {cdb} {cdb}.tmp < {source}"
+    yield (f"mkdir -p {STAMP_DIR} && echo \"{rules_digest} $({sha256} < {cdb} | cut -c1-64)\" "
            f"> {STAMP_DIR}/{stamp}.new && mv -f {STAMP_DIR}/{stamp}.new {STAMP_DIR}/{stamp}")

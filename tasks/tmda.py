@@ -1,10 +1,14 @@
-"""TMDA's retirement: what a TMDA-era host still has is archived, then removed.
+"""TMDA: retired with an archive in every mode but "tmda"; restored from it in mode "tmda".
 
 Before the submission refactor, TMDA's tmda-ofmipd did SMTP AUTH behind stunnel on
 127.0.0.1:8025 and tmda-filter sat in users' .qmail files. In every mode but "tmda",
-each piece found (service or init script, the stunnel stanza for 8025, /etc/tmdarc,
-~/.tmda, tmda-filter lines, programs, package, the tofmipd user) is archived under
-/var/lib/qmailhost/tmda-archive/<time>/ and removed. Mail is never touched.
+each piece found (service or rc.d script, its rc.conf.d file, the stunnel stanza for
+8025, /etc/tmdarc, TMDA's config directory, ~/.tmda, tmda-filter lines, programs,
+package, the tofmipd user) is archived under /var/lib/qmailhost/tmda-archive/<time>/
+and removed; the platform names the scripts that know where its pieces live
+(files/tmda/). In mode "tmda" (NetBSD: pkgsrc mail/tmda), the newest archive, if
+any, is unpacked once, so rolling back puts the original configuration back.
+Mail is never touched.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pyinfra.api import FactBase, operation
 
 from tasks import ops
 from tasks.facts import STATE_DIR
+from tasks.platform import Platform
 from tasks.templates import read
 
 SCRIPT_DIR = f"{STATE_DIR}/tmda"
@@ -21,10 +26,10 @@ ARCHIVE_DIR = f"{STATE_DIR}/tmda-archive"
 
 
 class TmdaPieces(FactBase):
-    """[(kind, path)] of every TMDA piece on the host (files/tmda/pieces.sh)."""
+    """[(kind, path)] of every TMDA piece on the host (the platform's pieces script)."""
 
-    def command(self):
-        return read("tmda/pieces.sh")
+    def command(self, script="tmda/pieces.sh"):
+        return read(script)
 
     @staticmethod
     def default():
@@ -34,9 +39,22 @@ class TmdaPieces(FactBase):
         return [tuple(line.split("\t", 1)) for line in output if "\t" in line]
 
 
+class TmdaArchive(FactBase):
+    """{"archive": path of the newest pieces.tar, "restored": bool}, or None when there is none."""
+
+    def command(self):
+        return (f"a=$(ls -1d {ARCHIVE_DIR}/*/pieces.tar 2>/dev/null | tail -n 1); "
+                "[ -n \"$a\" ] && { printf 'archive\\t%s\\n' \"$a\"; "
+                "[ -e \"${a%/pieces.tar}/restored\" ] && echo restored; }; true")
+
+    def process(self, output):
+        archive = next((line.split("\t", 1)[1] for line in output if line.startswith("archive\t")), None)
+        return {"archive": archive, "restored": "restored" in output} if archive else None
+
+
 @operation()
-def retire(script: str):
-    pieces = host.get_fact(TmdaPieces)
+def retire(script: str, pieces_script: str = "tmda/pieces.sh"):
+    pieces = host.get_fact(TmdaPieces, script=pieces_script)
     if not pieces:
         host.noop("no TMDA piece on the host")
         return
@@ -45,9 +63,33 @@ def retire(script: str):
     yield f"sh {script}"
 
 
-def retire_all() -> None:
-    ops.whole_file(name="Install the TMDA detection script", dest=f"{SCRIPT_DIR}/pieces.sh",
-                   content=read("tmda/pieces.sh"))
-    ops.whole_file(name="Install the TMDA retirement script", dest=f"{SCRIPT_DIR}/retire.sh",
-                   content=read("tmda/retire.sh"), mode="755")
-    retire(name="Retire TMDA (archive, then remove)", script=f"{SCRIPT_DIR}/retire.sh")
+@operation()
+def restore():
+    """Unpack the newest TMDA archive over / once (marked restored), if there is one."""
+    found = host.get_fact(TmdaArchive)
+    if not found:
+        host.noop("no TMDA archive to restore")
+        return
+    if found["restored"]:
+        host.noop(f"{found['archive']} was restored")
+        return
+    archive_dir = found["archive"].rsplit("/", 1)[0]
+    yield f"tar -C / -xpf {found['archive']} && touch {archive_dir}/restored"
+
+
+def retire_all(platform: Platform | None = None) -> None:
+    pieces, retire_script = platform.tmda_scripts if platform else ("tmda/pieces.sh", "tmda/retire.sh")
+    pieces_name, retire_name = pieces.rsplit("/", 1)[1], retire_script.rsplit("/", 1)[1]
+    ops.whole_file(name="Install the TMDA detection script", dest=f"{SCRIPT_DIR}/{pieces_name}",
+                   content=read(pieces))
+    ops.whole_file(name="Install the TMDA retirement script", dest=f"{SCRIPT_DIR}/{retire_name}",
+                   content=read(retire_script), mode="755")
+    retire(name="Retire TMDA (archive, then remove)", script=f"{SCRIPT_DIR}/{retire_name}", pieces_script=pieces)
+
+
+def converge(platform: Platform, mode) -> None:
+    """Mode "tmda" keeps TMDA (and puts an archived configuration back); every other retires it."""
+    if mode.keeps_tmda:
+        restore(name="Restore the archived TMDA configuration")
+    else:
+        retire_all(platform)

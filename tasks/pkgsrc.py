@@ -1,0 +1,141 @@
+"""pkgsrc on NetBSD: binary packages from pkgin, and builds from the pkgsrc tree with options.
+
+Binary packages are installed with pkgin, only those `pkg_info -e` does not find,
+with PKG_RCD_SCRIPTS=YES so their rc.d scripts are copied to /etc/rc.d. A package
+that needs a build option (mess822 with `sasl`: ofmipd with SMTP AUTH) gets one
+managed line in /etc/mk.conf (the rest of the file is the user's) and is built from
+/usr/pkgsrc, `replace` when installed, `install` when not, then `clean`; only when
+the installed package's recorded PKG_OPTIONS lack the option.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import FactBase, operation
+from pyinfra.api.exceptions import OperationError
+
+PKGIN = "/usr/pkg/bin/pkgin"
+MK_CONF = "/etc/mk.conf"
+PKGSRC = "/usr/pkgsrc"
+MARK = "# managed by qmailhost"
+
+
+class InstalledPackages(FactBase):
+    """{"pkgin": bool, "installed": [names]}: which of NAMES pkg_info finds, and whether pkgin exists."""
+
+    def command(self, names):
+        quoted = " ".join(shlex.quote(n) for n in names)
+        return (f"[ -x {PKGIN} ] && echo pkgin; "
+                f"for p in {quoted}; do pkg_info -e \"$p\" >/dev/null 2>&1 && echo \"$p\"; done; true")
+
+    @staticmethod
+    def default():
+        return {"pkgin": False, "installed": []}
+
+    def process(self, output):
+        return {"pkgin": "pkgin" in output, "installed": [line for line in output if line != "pkgin"]}
+
+
+@operation()
+def binary_packages(packages: list[str]):
+    """PACKAGES are installed (pkgin, with their rc.d scripts in /etc/rc.d)."""
+    state = host.get_fact(InstalledPackages, names=list(packages))
+    missing = [p for p in packages if p not in state["installed"]]
+    if not missing:
+        host.noop(f"{', '.join(packages)} are installed")
+        return
+    if not state["pkgin"]:
+        raise OperationError(f"{PKGIN} is missing: install pkgin first (sysinst, or pkg_add pkgin)")
+    yield f"PKG_RCD_SCRIPTS=YES {PKGIN} -y install {' '.join(missing)}"
+
+
+@operation()
+def removed_packages(packages: list[str]):
+    """PACKAGES are not installed (pkgin remove)."""
+    state = host.get_fact(InstalledPackages, names=list(packages))
+    present = [p for p in packages if p in state["installed"]]
+    if not present:
+        host.noop(f"{', '.join(packages)} are not installed")
+        return
+    yield f"{PKGIN} -y remove {' '.join(present)}"
+
+
+class MkConfLines(FactBase):
+    """The lines of /etc/mk.conf qmailhost manages (those ending with its mark)."""
+
+    def command(self):
+        return f"[ -f {MK_CONF} ] && grep -F '{MARK}' {MK_CONF}; true"
+
+    @staticmethod
+    def default():
+        return []
+
+    def process(self, output):
+        return list(output)
+
+
+def option_line(package: str, options: tuple[str, ...]) -> str:
+    return f"PKG_OPTIONS.{package}+=\t{' '.join(options)}\t{MARK}"
+
+
+@operation()
+def mk_conf_options(package: str, options: list[str]):
+    """/etc/mk.conf has one managed line PKG_OPTIONS.PACKAGE+= OPTIONS; other lines stay as they are."""
+    line = option_line(package, tuple(options))
+    managed = host.get_fact(MkConfLines)
+    prefix = f"PKG_OPTIONS.{package}+="
+    ours = [existing for existing in managed if existing.startswith(prefix)]
+    if ours == [line]:
+        host.noop(f"{MK_CONF} builds {package} with {' '.join(options)}")
+        return
+    if not ours:
+        yield f"echo {shlex.quote(line)} >> {MK_CONF}"
+        return
+    pattern = shlex.quote(f"^PKG_OPTIONS\\.{package}+=.*{MARK}$")
+    yield (f"{{ grep -v {pattern} {MK_CONF}; echo {shlex.quote(line)}; }} > {MK_CONF}.qmailhost-new "
+           f"&& mv -f {MK_CONF}.qmailhost-new {MK_CONF}")
+
+
+class PackageOptions(FactBase):
+    """{"installed": bool, "options": [..], "pkgsrc": bool}: PACKAGE's build options, and
+    whether its pkgsrc directory PKGPATH is there to build from."""
+
+    def command(self, package, pkgpath):
+        quoted = shlex.quote(package)
+        return (f"[ -f {PKGSRC}/{pkgpath}/Makefile ] && echo pkgsrc; "
+                f"pkg_info -e {quoted} >/dev/null 2>&1 && echo installed "
+                f"&& echo \"options $(pkg_info -Q PKG_OPTIONS {quoted})\"; true")
+
+    @staticmethod
+    def default():
+        return {"installed": False, "options": [], "pkgsrc": False}
+
+    def process(self, output):
+        options = next((line.split()[1:] for line in output if line.startswith("options")), [])
+        return {"installed": "installed" in output, "options": options, "pkgsrc": "pkgsrc" in output}
+
+
+@operation()
+def built_with_options(pkgpath: str, package: str, options: list[str]):
+    """PACKAGE is installed and was built with OPTIONS; otherwise build it from PKGPATH."""
+    current = host.get_fact(PackageOptions, package=package, pkgpath=pkgpath)
+    if current["installed"] and all(o in current["options"] for o in options):
+        host.noop(f"{package} is installed with {' '.join(options)}")
+        return
+    if not current["pkgsrc"]:
+        raise OperationError(f"{PKGSRC}/{pkgpath} is missing: check out pkgsrc into {PKGSRC} to build {package}")
+    target = "replace" if current["installed"] else "install"
+    directory = f"{PKGSRC}/{pkgpath}"
+    yield f"make -C {directory} {target} && make -C {directory} clean"
+
+
+def install(platform, extra: tuple[str, ...] = ()) -> None:
+    """The platform's binary packages (and EXTRA), then its pkgsrc builds."""
+    binary_packages(name="Install the base packages", packages=[*platform.base_packages, *extra])
+    for pkgpath, package, options in platform.pkgsrc_builds:
+        mk_conf_options(name=f"Build {package} with {' '.join(options)} (/etc/mk.conf)",
+                        package=package, options=list(options))
+        built_with_options(name=f"Build and install {package} from pkgsrc", pkgpath=pkgpath,
+                           package=package, options=list(options))

@@ -1,0 +1,112 @@
+"""Command plans without a host: pyinfra's own State and Inventory (an @fake host), with
+every fact answered by a function of ours instead of a connection.
+
+``plan_deploy(data, answer)`` loads deploy.py as the pyinfra CLI does (CLI mode, so
+operations are ordered by the call stack exactly as ``pyinfra ... deploy.py`` orders
+them) and returns [(operation name, [commands])] for the operations that would change
+something. ``plan_operation(op, kwargs, answer)`` does the same for one operation's
+``_inner``. Commands are serialised as pyinfra-testing's operation tests do: strings,
+and ["upload", content, dest] for uploads (pyinfra-testing itself is not imported: it
+loads pyinfra_cli, whose gevent monkey-patching would reach the other tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pyinfra
+from pyinfra.api import Config, FileUploadCommand, Inventory, State, StringCommand
+from pyinfra.api.host import Host
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_config, ctx_host, ctx_state
+
+PROJECT = Path(__file__).resolve().parent.parent
+DEPLOY = str(PROJECT / "deploy.py")
+
+# answer(fact class name, fact keyword arguments) -> the fact's value, or DEFAULT for
+# the fact's own default (what pyinfra returns when the fact's command finds nothing)
+Answer = Callable[[str, dict], Any]
+DEFAULT = object()
+
+
+def _fact_kwargs(cls, args, kwargs) -> dict:
+    from inspect import getcallargs
+
+    kwargs = {k: v for k, v in (kwargs or {}).items() if not k.startswith("_")}
+    if args:
+        kwargs = getcallargs(cls().command, *args, **kwargs)
+        kwargs.pop("self", None)
+    return kwargs
+
+
+def parse_commands(commands) -> list:
+    parsed = []
+    for command in commands:
+        if isinstance(command, str):
+            command = StringCommand(command.strip())
+        if isinstance(command, StringCommand):
+            parsed.append(command.get_raw_value())
+        elif isinstance(command, FileUploadCommand):
+            if hasattr(command.src, "read"):
+                command.src.seek(0)
+                data = command.src.read()
+                data = data.decode() if isinstance(data, bytes) else data
+            else:
+                data = str(command.src)
+            parsed.append(["upload", data, str(command.dest)])
+        else:
+            raise AssertionError(f"unexpected command {command!r}")
+    return parsed
+
+
+@contextmanager
+def _answering(answer: Answer):
+    def get_fact(self, cls, *args, **kwargs):
+        value = answer(cls.__name__, _fact_kwargs(cls, args, kwargs))
+        return cls.default() if value is DEFAULT else value
+
+    with mock.patch.object(Host, "get_fact", get_fact):
+        yield
+
+
+def plan_deploy(data: dict, answer: Answer, name: str = "mail.example.org") -> list[tuple[str, list]]:
+    """The change plan of deploy.py for one host with DATA whose facts ANSWER gives."""
+    inventory = Inventory(([(f"@fake/{name}", {**data, "fake_delay": 0, "fake_delay_jitter": 0})], {}))
+    state = State(inventory, Config())
+    state.current_stage = StateStage.Prepare
+    state.current_deploy_filename = DEPLOY
+    host = inventory.get_host(f"@fake/{name}")
+    plan = []
+    with mock.patch.object(pyinfra, "is_cli", True), _answering(answer), ctx_state.use(state), \
+            ctx_config.use(state.config.copy()), ctx_host.use(host):
+        code = compile(Path(DEPLOY).read_text(), DEPLOY, "exec")
+        exec(code, {"__file__": DEPLOY})
+        for op_hash in state.get_op_order():
+            op_data = state.get_op_data_for_host(host, op_hash)
+            commands = parse_commands(list(op_data.command_generator()))
+            if commands:
+                plan.append((sorted(state.get_op_meta(op_hash).names)[0], commands))
+    return plan
+
+
+class _Noops:
+    description = None
+
+
+def plan_operation(op, kwargs: dict, answer: Answer, host_name: str = "mail.example.org") -> tuple[list, str | None]:
+    """(commands, noop description) of operation OP's _inner with KWARGS and facts from ANSWER."""
+    inventory = Inventory(([(f"@fake/{host_name}", {})], {}))
+    state = State(inventory, Config())
+    host = inventory.get_host(f"@fake/{host_name}")
+    noted = _Noops()
+
+    def noop(self, description):
+        noted.description = description
+
+    with _answering(answer), mock.patch.object(Host, "noop", noop), ctx_state.use(state), ctx_host.use(host):
+        commands = parse_commands(list(op._inner(**kwargs)))
+    return commands, noted.description
