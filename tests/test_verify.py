@@ -1,0 +1,351 @@
+"""The status checks (verify.py, tasks/checks.py) against one deployed throwaway host.
+
+The host is deployed once for the module; then it is broken one way at a time over
+SSH, and each time exactly the matching check must report an error while every other
+check reports what it did on the healthy host. Each break is undone before the next.
+The DNS checks, which have no DNS here, are driven against a tiny resolver on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tasks import checks
+from tasks.platform import debian
+from tasks.settings import Settings, SettingsError
+from tests import sandbox
+from tests.pyinfra_cli import pyinfra
+
+pytestmark = pytest.mark.e2e
+
+ACCOUNT = {"name": sandbox.SANDBOX_USER, "password_file": sandbox.sandbox_password_file()}
+ROW = re.compile(r"^\s*(?P<name>[a-z_]+)\s+(?P<status>ok|warning|error|skipped)\s+(?P<reason>.*)$")
+
+
+@dataclass
+class Verified:
+    returncode: int
+    results: dict[str, tuple[str, str]]  # check -> (status, reason)
+    output: str
+
+    def statuses(self) -> dict[str, str]:
+        return {name: status for name, (status, _) in self.results.items()}
+
+
+def verify(host: sandbox.Host, **data) -> Verified:
+    """`pyinfra inventory/sandbox.py verify.py` with the test account, and its table."""
+    run = pyinfra(host, deploy="verify.py", data={"verify_account": ACCOUNT, **data}, json_output=False,
+                  check=False, timeout=300)
+    names = {checks.check_name(c) for c in checks.CHECKS}
+    results = {m["name"]: (m["status"], m["reason"]) for line in run.stderr.splitlines()
+               if (m := ROW.match(line)) and m["name"] in names}
+    assert set(results) == names, run.output[-3000:]
+    return Verified(run.returncode, results, run.output)
+
+
+@pytest.fixture(scope="module")
+def deployed(sandbox_ready, sources):
+    """One host for the whole module, deployed once, and the checks' view of it healthy."""
+    host = sandbox.create(f"t{os.getpid()}-verify")
+    try:
+        pyinfra(host, data={"verify_after_deploy": False})
+        yield host, verify(host)
+    finally:
+        sandbox.destroy(host.name)
+
+
+def test_a_healthy_host_passes_every_check_and_dns_says_why_it_is_skipped(deployed):
+    host, healthy = deployed
+    assert healthy.returncode == 0, healthy.output[-3000:]
+    for name, (status, reason) in healthy.results.items():
+        if name.startswith("dns_"):
+            assert status == "skipped" and "no DNS" in reason, (name, reason)
+        else:
+            assert status == "ok", (name, reason)
+    assert "18 checks: 14 ok, 0 warning, 0 error, 4 skipped" in healthy.output
+    assert sandbox.sandbox_password() not in healthy.output
+
+
+def test_without_a_verify_account_the_password_checks_say_they_are_skipped(deployed):
+    host, _ = deployed
+    result = verify(host, verify_account=None)
+    assert result.returncode == 0
+    for name in ("wrong_password_refused", "account_can_submit"):
+        assert result.results[name] == ("skipped", "no verify_account in the inventory")
+
+
+# Each way to break the host: the check that must catch it, the commands that break it
+# and those that undo it, and settings for that one run.
+@dataclass
+class Breakage:
+    check: str
+    breaks: str
+    repairs: str
+    data: dict | None = None
+
+    def __str__(self) -> str:
+        return self.check
+
+
+RUN = "/var/qmail/supervise/qmail-ofmipd/run"
+STUNNEL_CONF = "/etc/qmailhost/stunnel.conf"
+TLS = "/etc/qmailhost/tls"
+
+
+def _edit_and_restore(path: str, sed: str, after: str) -> tuple[str, str]:
+    """Commands that edit PATH with SED then run AFTER, and that put PATH back and run AFTER."""
+    return (f"cp -p {path} {path}.verify-orig && sed -i {sed} {path} && {after}",
+            f"mv -f {path}.verify-orig {path} && {after}")
+
+
+def _rules(name: str, sed: str) -> tuple[str, str]:
+    compile_ = f"tcprules /etc/tcp/{name}.cdb /etc/tcp/{name}.cdb.tmp < /etc/tcp/{name}.rules"
+    return _edit_and_restore(f"/etc/tcp/{name}.rules", sed, compile_)
+
+
+def _certificate(openssl_options: str) -> tuple[str, str]:
+    """Replace the submission certificate (a new key too) and restart stunnel; undo."""
+    restart = "svc -t /etc/service/stunnel && sleep 1"
+    return (f"cp -p {TLS}/cert.pem {TLS}/cert.verify-orig && cp -p {TLS}/key.pem {TLS}/key.verify-orig && "
+            f"openssl req -x509 -newkey rsa:2048 -nodes -keyout {TLS}/key.pem -out {TLS}/cert.pem "
+            f"{openssl_options} 2>/dev/null && {restart}",
+            f"mv -f {TLS}/cert.verify-orig {TLS}/cert.pem && mv -f {TLS}/key.verify-orig {TLS}/key.pem && {restart}")
+
+
+_QUEUE_A_STUCK_MESSAGE = (
+    "echo stuck | /var/qmail/bin/qmail-inject -f alice@sandbox.test nobody@unroutable.invalid && "
+    "for i in $(seq 50); do grep -q deferral /var/log/qmail/qmail-send/current && break; sleep 0.2; done; sleep 1"
+)
+# With qmail-send stopped, a message leaves the queue by removing its files everywhere.
+_EMPTY_THE_QUEUE = (
+    "svc -d /etc/service/qmail-send && until svstat /etc/service/qmail-send | grep -q ': down'; do sleep 0.2; done"
+    " && find /var/qmail/queue/mess /var/qmail/queue/info /var/qmail/queue/remote /var/qmail/queue/local"
+    " /var/qmail/queue/todo /var/qmail/queue/intd /var/qmail/queue/bounce -type f -delete"
+    " && svc -u /etc/service/qmail-send && sleep 1"
+)
+
+RESTART_OFMIPD = "svc -t /etc/service/qmail-ofmipd && sleep 1"
+BREAKAGES = [
+    Breakage("smtp_refuses_relay", *_rules("smtp", "'s/^:allow$/:allow,RELAYCLIENT=\"\"/'")),
+    Breakage("loopback_ports_closed", *_edit_and_restore(RUN, "'s/ 127\\.0\\.0\\.1 26 / 0 26 /'", RESTART_OFMIPD)),
+    Breakage("submission_requires_auth",
+             *_rules("ofmip", "'s/^127\\.0\\.0\\.1:allow$/127.0.0.1:allow,RELAYCLIENT=\"\"/'")),
+    Breakage("wrong_password_refused",
+             *_edit_and_restore(RUN, "'s| /usr/local/bin/checkpassword | /bin/true |'", RESTART_OFMIPD)),
+    Breakage("certificate_name",
+             *_certificate("-days 30 -subj /CN=other.example -addext subjectAltName=DNS:other.example")),
+    Breakage("certificate_expiry", *_certificate(
+        "-subj /CN=mail.sandbox.test -addext subjectAltName=DNS:mail.sandbox.test "
+        "-not_before 20190101000000Z -not_after 20200101000000Z")),
+    Breakage("old_tls_refused", *_edit_and_restore(
+        STUNNEL_CONF, "'s/^sslVersionMin = .*/sslVersionMin = TLSv1\\nciphers = DEFAULT:@SECLEVEL=0/'",
+        "svc -t /etc/service/stunnel && sleep 1")),
+    Breakage("services_up", "svc -d /etc/service/qmail-send && sleep 1", "svc -u /etc/service/qmail-send && sleep 1"),
+    Breakage("submission_mode", *_edit_and_restore("/var/lib/qmailhost/submission-mode", "s/ofmipd/spamdyke/", "true")),
+    Breakage("no_tmda_leftovers", "touch /etc/tmdarc", "rm -f /etc/tmdarc"),
+    Breakage("queue", _QUEUE_A_STUCK_MESSAGE, _EMPTY_THE_QUEUE, data={"queue_max_age_hours": 0}),
+]
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES, ids=str)
+def test_each_check_catches_its_failure_and_only_its_own(deployed, breakage):
+    host, healthy = deployed
+    host.ssh(breakage.breaks)
+    try:
+        broken = verify(host, **(breakage.data or {}))
+    finally:
+        host.ssh(breakage.repairs)
+    status, reason = broken.results[breakage.check]
+    assert status == "error", (breakage.check, reason)
+    assert {**broken.statuses(), breakage.check: "ok"} == healthy.statuses(), broken.output[-3000:]
+    assert broken.returncode != 0
+    assert f"status checks failed: {breakage.check}" in broken.output
+    assert sandbox.sandbox_password() not in broken.output
+
+
+def test_once_every_break_is_undone_the_host_is_healthy_again(deployed):
+    """Each break above finds the earlier ones undone (the other checks stay as healthy);
+    this one checks that the last undo worked too."""
+    host, healthy = deployed
+    again = verify(host)
+    assert again.statuses() == healthy.statuses() and again.returncode == 0, again.output[-3000:]
+
+
+def test_the_checks_at_the_end_of_a_deploy_see_what_its_operations_did(deployed, tmp_path):
+    """after_deploy's operation runs after the others, at execution time, and can be switched off."""
+    host, _ = deployed
+    deploy = tmp_path / "leave_tmdarc.py"
+    deploy.write_text(
+        "from pyinfra import host\nfrom pyinfra.operations import server\n"
+        "from tasks import checks\nfrom tasks.platform import detect\nfrom tasks.settings import Settings\n"
+        "settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)\n"
+        "platform = detect()\n"
+        "server.shell(name='Leave a TMDA piece behind', commands=['touch /etc/tmdarc'])\n"
+        "checks.after_deploy(settings, platform)\n"
+    )
+    try:
+        run = pyinfra(host, deploy=str(deploy), json_output=False, check=False)
+        assert run.returncode != 0
+        assert re.search(r"no_tmda_leftovers\s+error\s+TMDA left behind: /etc/tmdarc", run.stderr), run.output[-3000:]
+        off = pyinfra(host, deploy=str(deploy), data={"verify_after_deploy": False}, json_output=False)
+        assert checks.OPERATION_NAME not in off.output
+    finally:
+        host.ssh("rm -f /etc/tmdarc")
+
+
+# --- the checks' settings ---------------------------------------------------------------
+
+
+HOSTNAME, DOMAIN, ADDRESS = "mail.qmailhost-verify.net", "qmailhost-verify.net", "192.0.2.25"
+SECRET = "s3cret-not-shown"
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    password_file = tmp_path / "alice"
+    password_file.write_text(SECRET + "\n")
+    return Settings.from_host_data({"hostname": HOSTNAME, "accounts": [{"name": "alice",
+                                                                      "password_file": str(password_file)}]})
+
+
+@pytest.mark.parametrize("data, setting", [
+    ({"verify_after_deploy": "yes"}, "verify_after_deploy"),
+    ({"queue_max_age_hours": -1}, "queue_max_age_hours"),
+    ({"queue_warn_messages": 1.5}, "queue_warn_messages"),
+    ({"verify_account": {"name": "bob"}}, "verify_account"),
+    ({"verify_account": {"name": "bob", "password": "x"}}, "verify_account"),
+    ({"verify_account": {"name": "bob", "password_file": "/nonexistent/bob"}}, "verify_account"),
+])
+def test_bad_check_settings_are_refused_in_one_line_naming_the_setting(settings, data, setting):
+    with pytest.raises(SettingsError) as refused:
+        checks.Options.from_host_data(data, settings)
+    assert refused.value.setting == setting and "\n" not in str(refused.value)
+
+
+def test_verify_account_takes_its_password_from_accounts_and_never_shows_it(settings):
+    options = checks.Options.from_host_data({"verify_account": "alice"}, settings)
+    assert options.account.password == SECRET
+    assert SECRET not in repr(options)
+
+
+# --- DNS, against a resolver on loopback ----------------------------------------------------
+
+
+def _name(name: str) -> bytes:
+    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".") if p) + b"\0"
+
+
+def _rdata(kind: str, value: str) -> bytes:
+    if kind == "A":
+        return socket.inet_pton(socket.AF_INET, value)
+    if kind == "AAAA":
+        return socket.inet_pton(socket.AF_INET6, value)
+    if kind == "MX":
+        return struct.pack("!H", 10) + _name(value)
+    if kind == "TXT":
+        return bytes([len(value)]) + value.encode()
+    return _name(value)
+
+
+def _question_name(query: bytes) -> tuple[str, int]:
+    """The (uncompressed) name a query asks about, and the offset after it."""
+    labels, offset = [], 12
+    while query[offset]:
+        labels.append(query[offset + 1: offset + 1 + query[offset]].decode())
+        offset += 1 + query[offset]
+    return ".".join(labels), offset + 1
+
+
+class FakeResolver:
+    """Answers from ZONE ({(name, type): [values]}) on 127.0.0.1; NXDOMAIN otherwise."""
+
+    def __init__(self, zone: dict):
+        self.zone = zone
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        types = {v: k for k, v in checks.RECORD_TYPES.items()}
+        while True:
+            try:
+                query, peer = self.sock.recvfrom(512)
+            except OSError:
+                return
+            ident = struct.unpack_from("!H", query)[0]
+            name, end = _question_name(query)
+            kind = types[struct.unpack_from("!H", query, end)[0]]
+            values = self.zone.get((name or ".", kind), [])
+            header = struct.pack("!6H", ident, 0x8180 if values or name == "" else 0x8183, 1, len(values), 0, 0)
+            answers = b"".join(struct.pack("!HHHIH", 0xC00C, checks.RECORD_TYPES[kind], 1, 60, len(r)) + r
+                               for r in (_rdata(kind, v) for v in values))
+            self.sock.sendto(header + query[12:end + 4] + answers, peer)
+
+    def close(self):
+        self.sock.close()
+
+
+GOOD_ZONE = {
+    (DOMAIN, "MX"): [HOSTNAME], (DOMAIN, "TXT"): ["v=spf1 mx -all"], (HOSTNAME, "A"): [ADDRESS],
+    ("25.2.0.192.in-addr.arpa", "PTR"): [HOSTNAME],
+}
+DNS_CHECKS = (checks.check_dns_mx, checks.check_dns_address, checks.check_dns_ptr, checks.check_dns_spf)
+
+
+def _dns_results(settings: Settings, zone: dict | None, server_port: int | None = None) -> dict:
+    target = checks.Target(settings, debian("13"), None, ADDRESS, shell=None)
+    resolver = FakeResolver(zone) if zone is not None else None
+    target.dns = checks.Dns("127.0.0.1", port=resolver.port if resolver else server_port)
+    try:
+        return {r.name: (r.status, r.reason) for r in checks.run_checks(target, DNS_CHECKS)}
+    finally:
+        if resolver:
+            resolver.close()
+
+
+def test_dns_checks_pass_when_mx_address_ptr_and_spf_are_right(settings):
+    results = _dns_results(settings, {**GOOD_ZONE, (".", "NS"): ["a.root-servers.net"]})
+    assert {status for status, _ in results.values()} == {"ok"}, results
+
+
+@pytest.mark.parametrize("change, check, status", [
+    ({(DOMAIN, "MX"): ["mx.elsewhere.example"]}, "dns_mx", "error"),
+    ({(HOSTNAME, "A"): [], (HOSTNAME, "AAAA"): ["2001:db8::25"],
+      ("5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa", "PTR"): [HOSTNAME]},
+     "dns_address", "warning"),
+    ({(HOSTNAME, "A"): ["198.51.100.7"], ("7.100.51.198.in-addr.arpa", "PTR"): [HOSTNAME]}, "dns_address", "warning"),
+    ({("25.2.0.192.in-addr.arpa", "PTR"): ["dsl-192-0-2-25.isp.example"]}, "dns_ptr", "error"),
+    ({(DOMAIN, "TXT"): ["google-site-verification=x"]}, "dns_spf", "warning"),
+])
+def test_each_dns_check_catches_its_failure(settings, change, check, status):
+    results = _dns_results(settings, {**GOOD_ZONE, (".", "NS"): ["a.root-servers.net"], **change})
+    assert results[check][0] == status, results
+    assert all(s == "ok" for name, (s, _) in results.items() if name != check), results
+
+
+def test_without_an_address_there_is_no_ptr_to_check(settings):
+    results = _dns_results(settings, {**GOOD_ZONE, (".", "NS"): ["a.root-servers.net"], (HOSTNAME, "A"): []})
+    assert results["dns_address"] == ("error", f"{HOSTNAME} has no A or AAAA record")
+    assert results["dns_ptr"][0] == "skipped"
+
+
+def test_without_dns_the_dns_checks_are_skipped_quickly_and_say_so(settings):
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    silent.bind(("127.0.0.1", 0))
+    started = time.monotonic()
+    try:
+        results = _dns_results(settings, None, server_port=silent.getsockname()[1])
+    finally:
+        silent.close()
+    assert time.monotonic() - started < checks.DNS_TIMEOUT + 1.5
+    for status, reason in results.values():
+        assert status == "skipped" and reason.startswith("no DNS: the resolver 127.0.0.1 did not answer"), reason
