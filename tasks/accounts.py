@@ -7,7 +7,6 @@ current hash does not verify the password; the hash itself never crosses the wir
 back. checkpassword reads them from /etc/shadow (NetBSD: /etc/master.passwd).
 """
 
-from pyinfra.operations import files
 
 from tasks import ops
 from tasks.platform import Platform
@@ -23,5 +22,5 @@ def configure(platform: Platform, settings: Settings) -> None:
                              password=account.password, source=account.password_source,
                              scheme=platform.password_scheme, apply=platform.password_apply)
         for sub in ("", "/cur", "/new", "/tmp"):
-            files.directory(name=f"Create {home}/Maildir{sub}", path=f"{home}/Maildir{sub}",
-                            user=account.name, group=account.name, mode="700")
+            ops.directory(name=f"Create {home}/Maildir{sub}", path=f"{home}/Maildir{sub}",
+                          user=account.name, group=account.name, mode="700")

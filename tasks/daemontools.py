@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import operation
-from pyinfra.facts.files import Link
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
 from tasks import ops
 from tasks.facts import host_state
@@ -30,8 +29,8 @@ def supervisor(platform: Platform) -> None:
 
 def service(platform: Platform, name: str, run_script: str, start_inputs: list[str]) -> None:
     directory = f"{platform.supervise_dir}/{name}"
-    files.directory(name=f"Create the log directory of {name}", path=f"{platform.log_dir}/{name}",
-                    user="qmaill", group="root", mode="750")
+    ops.directory(name=f"Create the log directory of {name}", path=f"{platform.log_dir}/{name}",
+                  user="qmaill", group="root", mode="750")
     ops.whole_file(name=f"Write the log run script of {name}", dest=f"{directory}/log/run", mode="755",
                    content=render("daemontools/log.run", service=name, log_dir=platform.log_dir))
     ops.whole_file(name=f"Write the run script of {name}", dest=f"{directory}/run", mode="755",
@@ -45,7 +44,8 @@ def service(platform: Platform, name: str, run_script: str, start_inputs: list[s
 def enable(link: str, directory: str, wait_seconds: int = 15):
     """Link DIRECTORY into svscan's directory, then wait until supervise runs it
     (svscan looks every 5 s), so whatever follows finds the service up."""
-    if host.get_fact(Link, path=link) and host.get_fact(Link, path=link)["link_target"] == directory:
+    current = ops.managed_path(link)
+    if current and current.get("target") == directory:
         host.noop(f"{link} is enabled")
         return
     yield f"ln -sfn {directory} {link}.qmailhost-new && mv -fT {link}.qmailhost-new {link}"

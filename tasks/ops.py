@@ -27,8 +27,9 @@ from pyinfra.api import FactBase, FileUploadCommand, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.operations.util.files import generate_color_diff
 
-from tasks.facts import STAMP_DIR, host_state
+from tasks.facts import STAMP_DIR, ManagedTree, cached_fact, covered, host_state
 from tasks.platform import DEBIAN_ACCOUNTS, DEBIAN_PASSWORD_APPLY, AccountTools, root_group
+from tasks.platform import current as current_platform
 from tasks.platform import shell as shell_dialect
 
 
@@ -47,8 +48,24 @@ class ManagedFile(FactBase):
         return {"sha256": output[0].strip(), "mode": mode.lstrip("0") or "0", "user": user, "group": group}
 
 
+def managed_path(path: str) -> dict | None:
+    """What PATH is on the host (file, dir or link), from the one ManagedTree listing
+    when the platform's managed roots cover it; None when it is absent."""
+    platform = current_platform()
+    roots = platform.managed_roots if platform else ()
+    if covered(path, roots):
+        dialect = shell_dialect()
+        return cached_fact(ManagedTree, roots=roots, sha256=dialect.sha256, stat=dialect.stat).get(path)
+    return None
+
+
 def managed_file(path: str) -> dict | None:
-    """ManagedFile of PATH, asked in the current host's shell dialect."""
+    """SHA256, mode, owner and group of the file PATH (None: absent), in the current
+    host's shell dialect: from the managed tree when it covers PATH, else on its own."""
+    platform = current_platform()
+    if platform and covered(path, platform.managed_roots):
+        entry = managed_path(path)
+        return entry if entry and entry["type"] == "file" else None
     dialect = shell_dialect()
     return host.get_fact(ManagedFile, path=path, sha256=dialect.sha256, stat=dialect.stat)
 
@@ -197,32 +214,38 @@ def account_password(user: str, password: str, source: str, scheme: str = "sha51
     yield apply.format(file=temp)
 
 
-class UserEntry(FactBase):
-    """A user's passwd entry and primary group name (never the shadow entry), or None."""
+class Accounts(FactBase):
+    """Every user's passwd entry (never the shadow entry) and every group, in one round
+    trip: {"users": {name: {uid, home, shell, group}}, "groups": {name: gid}}."""
 
-    def command(self, user):
-        quoted = shlex.quote(user)
-        return f"getent passwd {quoted} && id -gn {quoted}; true"
-
-    def process(self, output):
-        if len(output) < 2:
-            return None
-        fields = output[0].split(":")
-        return {"uid": fields[2], "home": fields[5], "shell": fields[6], "group": output[1].strip()}
-
-
-class GroupExists(FactBase):
-    def command(self, group):
-        return f"getent group {shlex.quote(group)} >/dev/null && echo yes; true"
+    def command(self):
+        return "getent passwd; echo '::groups::'; getent group; true"
 
     def process(self, output):
-        return output == ["yes"]
+        users, groups, in_groups = {}, {}, False
+        for line in output:
+            if line == "::groups::":
+                in_groups = True
+                continue
+            fields = line.split(":")
+            if in_groups and len(fields) >= 3:
+                groups[fields[0]] = fields[2]
+            elif not in_groups and len(fields) >= 7:
+                users[fields[0]] = {"uid": fields[2], "gid": fields[3], "home": fields[5], "shell": fields[6]}
+        names = {gid: name for name, gid in groups.items()}
+        for entry in users.values():
+            entry["group"] = names.get(entry.pop("gid"), "")
+        return {"users": users, "groups": groups}
+
+
+def accounts() -> dict:
+    return cached_fact(Accounts)
 
 
 @operation()
 def group(group: str, system: bool = True, tools: AccountTools = DEBIAN_ACCOUNTS):
     """GROUP exists (groupadd, with the platform's system-group flags)."""
-    if host.get_fact(GroupExists, group=group):
+    if group in accounts()["groups"]:
         host.noop(f"group {group} exists")
         return
     flags = list(tools.system_group) if system else []
@@ -234,7 +257,7 @@ def user(user: str, group: str | None, home: str, shell: str, system: bool = Fal
          tools: AccountTools = DEBIAN_ACCOUNTS):
     """USER exists with this primary GROUP, HOME and SHELL. Unlike server.user, it never
     reads /etc/shadow and never changes the owner of an existing home directory."""
-    current = host.get_fact(UserEntry, user=user)
+    current = accounts()["users"].get(user)
     quoted = shlex.quote(user)
     if current is None:
         flags = list(tools.system_user) if system else []
@@ -280,3 +303,49 @@ def absent_file(path: str):
             logger.info("  %s", line)
         logger.info("")
     yield f"rm -f {shlex.quote(path)}"
+
+
+@operation()
+def directory(path: str, user: str, group: str, mode: str):
+    """PATH is a directory with this owner and MODE (never touching what is inside)."""
+    current = managed_path(path) if covered_here(path) else _stock_directory(path)
+    quoted = shlex.quote(path)
+    if current and current.get("type", "dir") == "dir" and \
+            (current["mode"], current["user"], current["group"]) == (mode.lstrip("0"), user, group):
+        host.noop(f"{path} exists")
+        return
+    if not current:
+        yield f"mkdir -p {quoted}"
+    yield f"chown {user}:{group} {quoted} && chmod {mode} {quoted}"
+
+
+@operation()
+def link(path: str, target: str):
+    """PATH is a symbolic link to TARGET (replaced atomically)."""
+    current = managed_path(path) if covered_here(path) else _stock_link(path)
+    if current and current.get("type", "link") == "link" and current["target"] == target:
+        host.noop(f"{path} points at {target}")
+        return
+    quoted = shlex.quote(path)
+    yield f"ln -sfn {shlex.quote(target)} {quoted}.qmailhost-new && mv -fT {quoted}.qmailhost-new {quoted}"
+
+
+def covered_here(path: str) -> bool:
+    platform = current_platform()
+    return bool(platform and covered(path, platform.managed_roots))
+
+
+def _stock_directory(path: str) -> dict | None:
+    from pyinfra.facts.files import Directory
+
+    found = host.get_fact(Directory, path=path)
+    if not found:
+        return None
+    return {"type": "dir", "mode": str(found["mode"]), "user": found["user"], "group": found["group"]}
+
+
+def _stock_link(path: str) -> dict | None:
+    from pyinfra.facts.files import Link
+
+    found = host.get_fact(Link, path=path)
+    return {"type": "link", "target": found["link_target"]} if found else None

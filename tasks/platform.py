@@ -90,6 +90,7 @@ class Platform:
     rcd_dir: str = "/etc/rc.d"
     rc_conf_d: str = "/etc/rc.conf.d"
     rcd_examples: str = "/usr/pkg/share/examples/rc.d"
+    managed_roots: tuple[str, ...] = ()  # what one ManagedTree fact lists (see DEBIAN_MANAGED_ROOTS)
 
     @property
     def control_dir(self) -> str:
@@ -111,6 +112,14 @@ DEBIAN_ACCOUNTS = AccountTools(system_user=("-r",), system_group=("-r",), own_gr
 DEBIAN_SHELL = Shell(sha256="sha256sum", stat="stat -c '%a %U %G'",
                      password_field='getent shadow "$u" | cut -d: -f2')
 
+# What one ManagedTree fact lists (depth:path): every file, directory and link the
+# deploy manages on Debian, so a converged run asks the host once, not once per file.
+DEBIAN_MANAGED_ROOTS = (
+    "1:/var/qmail/control", "1:/var/qmail/alias", "0:/var/qmail/rc", "3:/var/qmail/supervise",
+    "2:/etc/qmailhost", "1:/etc/tcp", "1:/etc/service", "1:/var/log/qmail", "2:/var/lib/qmailhost",
+    "0:/usr/sbin/sendmail", "0:/usr/lib/sendmail", "1:/home/*/Maildir",
+)
+
 DEBIAN_PACKAGES = (
     "build-essential", "groff-base", "patch", "libssl-dev", "openssl", "ucspi-tcp",
     "daemontools", "daemontools-run", "stunnel4", "ca-certificates", "procps",
@@ -127,6 +136,7 @@ def debian(release: str) -> Platform:
         checkpassword="/usr/local/bin/checkpassword", spamdyke="/usr/local/bin/spamdyke",
         ofmipd_stock="/usr/local/mess822/bin/ofmipd", ofmipd_auth="/usr/local/mess822/bin/ofmipd-auth",
         stunnel_config="/etc/qmailhost/stunnel.conf",
+        managed_roots=DEBIAN_MANAGED_ROOTS,
     )
 
 

@@ -9,8 +9,6 @@ and ofmipd (tasks/submission.py) queue through qmail-queue; qmail-send picks the
 
 from __future__ import annotations
 
-from pyinfra.operations import files
-
 from tasks import builds, ops, services
 from tasks.platform import Platform
 from tasks.settings import Settings
@@ -105,7 +103,7 @@ def aliases(platform: Platform, settings: Settings) -> None:
 def sendmail(platform: Platform) -> None:
     """sendmail is qmail's: links (Debian), or mailwrapper's /etc/mailer.conf (NetBSD)."""
     for path in platform.sendmail_links:
-        files.link(name=f"Point {path} at qmail's", path=path, target=f"{platform.qmail_home}/bin/sendmail")
+        ops.link(name=f"Point {path} at qmail's", path=path, target=f"{platform.qmail_home}/bin/sendmail")
     if platform.mailer_conf is not None:
         ops.whole_file(name="Point mailwrapper at qmail (/etc/mailer.conf)", dest="/etc/mailer.conf",
                        content=platform.mailer_conf)

@@ -89,11 +89,8 @@ class NetBSDHost:
                 "accounts": {u: self.accounts[u] for u in users if u in self.accounts},
                 "cert_cn": self.cert_cn if cert else None}
 
-    def _fact_GroupExists(self, group):
-        return group in self.groups
-
-    def _fact_UserEntry(self, user):
-        return copy.deepcopy(self.users.get(user))
+    def _fact_Accounts(self):
+        return {"users": copy.deepcopy(self.users), "groups": {g: str(100 + i) for i, g in enumerate(sorted(self.groups))}}
 
     def _fact_ManagedFile(self, path, sha256, stat):
         assert sha256 == "openssl dgst -sha256 -r" and stat.startswith("stat -f"), (sha256, stat)
@@ -128,6 +125,9 @@ class NetBSDHost:
                              r"&& mv -f \3\.qmailhost-new \3", command):
             user, group, path, mode = m.groups()
             self._write(path, self._uploads.pop(f"{path}.qmailhost-new"), mode, user, group)
+        elif (m := re.fullmatch(r"chown (\S+):(\S+) (\S+) && chmod (\d+) \3", command)) and m[3] in self.dirs:
+            user, group, path, mode = m.groups()
+            self.dirs[path].update(mode=int(mode), user=user, group=group)
         elif m := re.fullmatch(r"chown (\S+):(\S+) (\S+) && chmod (\d+) \3", command):
             user, group, path, mode = m.groups()
             entry = self.files.setdefault(path, {"sha256": "package"})
