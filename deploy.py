@@ -52,6 +52,7 @@ qmail.install(platform, distfiles, checksums)
 mess822.install(platform, distfiles, checksums)
 checkpassword.install(platform, distfiles, checksums)
 spamdyke.install(platform, distfiles, checksums)
+builds.run_all()  # side by side, each only when its inputs changed
 
 # Configuration
 control = qmail.configure(platform, settings)
@@ -66,6 +67,7 @@ qmail.service(platform, control, checksums.get("notqmail", "pkgsrc"))
 smtpd.configure(platform, settings)
 submission.configure(platform, settings, mode)
 stunnel.configure(platform, settings, tls_fingerprint, mode)
+services.backend(platform).settle(platform)
 
 # Status checks from outside, once the last operation has run (verify_after_deploy=false skips them)
 checks.after_deploy(settings, platform)

@@ -8,8 +8,13 @@ script, its arguments) differs from the stamp its last successful build left.
 
 from __future__ import annotations
 
+import shlex
+
+from pyinfra import host, logger
+from pyinfra.api import operation
+
 from tasks import ops
-from tasks.facts import STATE_DIR
+from tasks.facts import STAMP_DIR, STATE_DIR, host_state
 from tasks.sources import Distfile, fetch, resolve
 from tasks.templates import read
 
@@ -40,16 +45,48 @@ def upload(fetched: dict[str, tuple[Distfile, str]]) -> dict[str, str]:
     return remote
 
 
+_PENDING: dict[str, list[dict]] = {}  # host name -> the builds its deploy asked for
+
+
 def build(component: str, description: str, script: str, args: list[str], inputs: list[str]) -> None:
-    """Install files/SCRIPT and run it with ARGS when INPUTS (checksums, options) change."""
+    """Install files/SCRIPT; its run with ARGS joins the builds run_all() starts when
+    INPUTS (checksums, options, the script itself) changed since its last build."""
     text = read(script)
     remote_script = f"{SCRIPT_DIR}/{component}.sh"
     ops.whole_file(name=f"Install the {component} build script", dest=remote_script, content=text, mode="755")
-    ops.stamped(
-        name=description,
-        stamp=f"build-{component}",
-        inputs="\n".join([text, *args, *inputs]),
-        commands=[" ".join([remote_script, *args])],
-        description=description[0].lower() + description[1:],
-        lock=f"{STATE_DIR}/build.lock",
-    )
+    _PENDING.setdefault(host.name, []).append({
+        "component": component, "description": description, "stamp": f"build-{component}",
+        "digest": ops.stamp_digest("\n".join([text, *args, *inputs])),
+        "command": " ".join([remote_script, *args]),
+    })
+
+
+def run_all() -> None:
+    """One operation that runs every build whose inputs changed, side by side (each in
+    its own work directory), under a lock so a remnant of an interrupted run finishes
+    first. A build's stamp is written when that build succeeds, so a failed or cut-off
+    run redoes only what did not finish."""
+    pending = _PENDING.pop(host.name, [])
+    if pending:
+        build_sources(name="Build and install the sources", builds=pending, lock=f"{STATE_DIR}/build.lock")
+
+
+@operation()
+def build_sources(builds: list[dict], lock: str):
+    recorded = host_state()["stamps"]
+    needed = [b for b in builds if recorded.get(b["stamp"]) != b["digest"]]
+    if not needed:
+        host.noop("every build is current: " + ", ".join(b["component"] for b in builds))
+        return
+    host.log("Will build " + ", ".join(f"{b['component']} (stamp {b['digest'][:8]})" for b in needed), logger.info)
+    yield f"mkdir -p {STAMP_DIR} && rm -f " + " ".join(f"{STAMP_DIR}/{b['stamp']}" for b in needed)
+    jobs, results = [], []
+    for b in needed:
+        log, rc, stamp = f"{SCRIPT_DIR}/{b['component']}.log", f"{SCRIPT_DIR}/{b['component']}.rc", \
+            f"{STAMP_DIR}/{b['stamp']}"
+        jobs.append(f"( {b['command']} > {log} 2>&1; echo $? > {rc} ) &")
+        results.append(f"if [ \"$(cat {rc})\" = 0 ]; then echo {b['digest']} > {stamp}.new "
+                       f"&& mv -f {stamp}.new {stamp}; "
+                       f"else echo '{b['description']} failed:' >&2; tail -20 {log} >&2; failed=1; fi")
+    script = "\n".join(["failed=0", *jobs, "wait", *results, "exit $failed"])
+    yield f"flock {lock} sh -c {shlex.quote(script)}"

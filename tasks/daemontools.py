@@ -40,17 +40,33 @@ def service(platform: Platform, name: str, run_script: str, start_inputs: list[s
     restart(name, link, [run_script, *start_inputs])
 
 
+_NEW_LINKS: dict[str, list[str]] = {}  # host name -> services this run links for the first time
+
+
 @operation()
-def enable(link: str, directory: str, wait_seconds: int = 15):
-    """Link DIRECTORY into svscan's directory, then wait until supervise runs it
-    (svscan looks every 5 s), so whatever follows finds the service up."""
+def enable(link: str, directory: str):
+    """Link DIRECTORY into svscan's directory (settle() then waits for supervise)."""
     current = ops.managed_path(link)
     if current and current.get("target") == directory:
         host.noop(f"{link} is enabled")
         return
+    _NEW_LINKS.setdefault(host.name, []).append(link)
     yield f"ln -sfn {directory} {link}.qmailhost-new && mv -fT {link}.qmailhost-new {link}"
-    yield (f"for i in $(seq {wait_seconds * 10}); do svok {link} 2>/dev/null && exit 0; sleep 0.1; done; "
-           f"echo 'svscan did not start {link} within {wait_seconds} s: is svscan running "
+
+
+def settle(platform: Platform) -> None:
+    """Wait, once, until svscan has started every service this run linked (it looks every
+    5 s), so the run ends with the services up. Nothing to wait for on a converged host."""
+    links = _NEW_LINKS.pop(host.name, [])
+    if links:
+        wait_until_supervised(name="Wait for svscan to start the new services", links=links)
+
+
+@operation()
+def wait_until_supervised(links: list[str], seconds: int = 20):
+    checks = " && ".join(f"svok {link} 2>/dev/null" for link in links)
+    yield (f"for i in $(seq {seconds * 10}); do {checks} && exit 0; sleep 0.1; done; "
+           f"echo 'svscan did not start {' '.join(links)} within {seconds} s: is svscan running "
            "(daemontools-run)?' >&2; exit 1")
 
 

@@ -186,3 +186,7 @@ def submission(platform: Platform, settings, mode, cdb: str) -> None:
 
 def stunnel(platform: Platform, config_path: str, start_inputs: list[str]) -> None:
     service(platform, "stunnel", "STARTTLS on the submission port", [("flags", config_path)], start_inputs)
+
+
+def settle(platform: Platform) -> None:
+    """rc.d scripts start their services synchronously: nothing to wait for."""

@@ -9,7 +9,8 @@ qmail-run's and stunnel's rc.d scripts, configured in /etc/rc.conf.d). Each offe
 - ``qmail_send(platform, start_inputs, reload_inputs)``;
 - ``smtpd(platform, settings, cdb, spamdyke_conf)``: port 25;
 - ``submission(platform, settings, mode, cdb)``: the active mode's listener behind stunnel;
-- ``stunnel(platform, config_path, start_inputs)``: port 587.
+- ``stunnel(platform, config_path, start_inputs)``: port 587;
+- ``settle(platform)``: once every service is declared, wait until new ones run.
 
 Each service restarts only when what it reads at start changed (its inputs).
 """

@@ -53,9 +53,14 @@ def password() -> str:
 
 def test_bare_deploy_builds_and_starts_everything(mailhost):
     changed = mailhost.first.changed()
-    for op in ("Build and install notqmail", "Build and install ofmipd (stock and with SMTP AUTH)",
-               "Build and install checkpassword", "Build and install spamdyke", "Enable service stunnel"):
+    for op in ("Build and install the sources", "Enable service stunnel", "Wait for svscan to start the new services"):
         assert op in changed
+    built = mailhost.host.ssh("ls /var/lib/qmailhost/stamps; ls -l /var/qmail/bin/qmail-queue "
+                              "/usr/local/mess822/bin/ofmipd /usr/local/mess822/bin/ofmipd-auth "
+                              "/usr/local/bin/checkpassword /usr/local/bin/spamdyke").stdout
+    for stamp in ("build-notqmail", "build-mess822", "build-checkpassword", "build-spamdyke"):
+        assert stamp in built
+    assert "-rws--x--x 1 qmailq qmail" in built  # qmail-queue, installed by notqmail's own instchown
     status = mailhost.host.ssh("sleep 6; svstat /etc/service/*").stdout
     for service in ("qmail-send", "qmail-smtpd", "qmail-ofmipd", "stunnel"):
         assert f"/etc/service/{service}: up" in status

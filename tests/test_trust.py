@@ -51,7 +51,7 @@ def test_dry_run_on_a_bare_host_changes_nothing_and_predicts_exactly(host):
     pyinfra(host, "--dry", "--diff")
     assert whole_fs(host) == before
     changed = predict_then_apply(host)
-    assert "Build and install notqmail" in changed
+    assert "Build and install the sources" in changed
 
 
 def test_prediction_on_a_converged_host_is_no_change(host):

@@ -1,0 +1,1 @@
+"""qmailhost's benchmarks (python -m bench.run)."""
