@@ -19,6 +19,8 @@ from tasks.facts import host_state
 from tasks.platform import Platform
 from tasks.templates import render
 
+_NEW_LINKS: dict[str, list[str]] = {}  # host name -> services this run links for the first time
+
 
 def supervisor(platform: Platform) -> None:
     """Make sure svscan runs over /etc/service: systemd's daemontools-run unit where systemd runs."""
@@ -36,11 +38,10 @@ def service(platform: Platform, name: str, run_script: str, start_inputs: list[s
     ops.whole_file(name=f"Write the run script of {name}", dest=f"{directory}/run", mode="755",
                    content=run_script)
     link = f"{platform.service_dir}/{name}"
+    if (ops.managed_path(link) or {}).get("target") != directory:
+        _NEW_LINKS.setdefault(host.name, []).append(link)  # decided now: operations may run later
     enable(name=f"Enable service {name}", link=link, directory=directory)
     restart(name, link, [run_script, *start_inputs])
-
-
-_NEW_LINKS: dict[str, list[str]] = {}  # host name -> services this run links for the first time
 
 
 @operation()
@@ -50,7 +51,6 @@ def enable(link: str, directory: str):
     if current and current.get("target") == directory:
         host.noop(f"{link} is enabled")
         return
-    _NEW_LINKS.setdefault(host.name, []).append(link)
     yield f"ln -sfn {directory} {link}.qmailhost-new && mv -fT {link}.qmailhost-new {link}"
 
 
