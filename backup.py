@@ -1,0 +1,24 @@
+"""qmailhost's backup: copy from the host what a rebuilt host needs and the inventory
+does not hold, into a dated directory on this laptop. Changes nothing on the host.
+
+    pyinfra inventory/<site>.py backup.py [--data backup_dir=... --data backup_queue=true]
+
+Carried: every account's Maildir, the self-signed TLS pair, the password hashes, the
+TMDA archive if any, and with backup_queue the pending messages. Unchanged messages
+are hard-linked from the previous backup, not fetched again; a full or unwritable
+backup_dir is refused before anything is written. See tasks/recovery.py.
+"""
+
+from pyinfra import host
+from pyinfra.operations import python
+
+from tasks import recovery
+from tasks.platform import detect
+from tasks.settings import Settings
+
+settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
+options = recovery.options(host.data.dict(), settings)
+remote = recovery.remote_for(host.data.dict(), host.name)
+plan = recovery.plan_backup(remote, settings, options, detect())
+
+python.call(name=f"Back up {settings.hostname} to {options.backup_root}", function=recovery.run_backup, plan=plan)
