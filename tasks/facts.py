@@ -122,11 +122,18 @@ class ManagedTree(FactBase):
     "sha256", "mode", "user", "group", "target"}}; a covered path that is missing is
     absent. Mail is never listed: Maildirs are covered to their cur/new/tmp only."""
 
-    def command(self, roots, sha256="sha256sum", stat="stat -c '%a %U %G'"):
-        finds = "; ".join(f"find {root.split(':', 1)[1]} -maxdepth {root.split(':', 1)[0]} 2>/dev/null"
-                          for root in roots)
+    def command(self, roots, sha256="sha256sum", stat="stat -c '%a %U %G'", gnu=False):
+        finds = [f"find {root.split(':', 1)[1]} -maxdepth {root.split(':', 1)[0]}" for root in roots]
+        if gnu:  # GNU find and sha256sum: the whole tree in a few processes, however many files
+            kinds = ("\\( -type l -printf 'L\\t%p\\t%l\\n' \\) -o \\( -type d -printf 'D\\t%p\\t%m %u %g\\n' \\) "
+                     "-o \\( -type f -printf 'F\\t%p\\t%m %u %g\\n' \\)")
+            listing = "\n".join(f"{find} {kinds} 2>/dev/null" for find in finds)
+            files = "; ".join(f"{find} -type f -print0 2>/dev/null" for find in finds)
+            return (f"{listing}\n{{ {files}; }} | xargs -0 -r sha256sum "
+                    "| sed 's/^\\([0-9a-f]\\{64\\}\\)  /S\\t\\1\\t/'; true")
+        listed = "; ".join(f"{find} 2>/dev/null" for find in finds)
         return (
-            f"{{ {finds}; }} | while read -r p; do\n"
+            f"{{ {listed}; }} | while read -r p; do\n"
             f"  if [ -L \"$p\" ]; then printf 'L\\t%s\\t%s\\n' \"$p\" \"$(readlink \"$p\")\"\n"
             f"  elif [ -d \"$p\" ]; then printf 'D\\t%s\\t%s\\n' \"$p\" \"$({stat} \"$p\")\"\n"
             f"  elif [ -f \"$p\" ]; then printf 'F\\t%s\\t%s\\t%s\\n' \"$p\" \"$({stat} \"$p\")\" "
@@ -139,10 +146,12 @@ class ManagedTree(FactBase):
         return {}
 
     def process(self, output):
-        tree = {}
+        tree, sums = {}, {}
         for line in output:
             fields = line.split("\t")
-            if fields[0] == "L" and len(fields) == 3:
+            if fields[0] == "S" and len(fields) == 3:
+                sums[fields[2]] = fields[1]
+            elif fields[0] == "L" and len(fields) == 3:
                 tree[fields[1]] = {"type": "link", "target": fields[2]}
             elif fields[0] in ("D", "F") and len(fields) >= 3 and len(fields[2].split()) == 3:
                 mode, user, group = fields[2].split()
@@ -151,6 +160,9 @@ class ManagedTree(FactBase):
                 if fields[0] == "F" and len(fields) == 4:
                     entry["sha256"] = fields[3]
                 tree[fields[1]] = entry
+        for path, digest in sums.items():
+            if path in tree:
+                tree[path]["sha256"] = digest
         return tree
 
 

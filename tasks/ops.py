@@ -55,7 +55,8 @@ def managed_path(path: str) -> dict | None:
     roots = platform.managed_roots if platform else ()
     if covered(path, roots):
         dialect = shell_dialect()
-        return cached_fact(ManagedTree, roots=roots, sha256=dialect.sha256, stat=dialect.stat).get(path)
+        return cached_fact(ManagedTree, roots=roots, sha256=dialect.sha256, stat=dialect.stat,
+                           gnu=dialect.gnu_find).get(path)
     return None
 
 

@@ -37,6 +37,7 @@ class Shell:
     sha256: str  # reads stdin, prints the hex digest first
     stat: str  # prefix of a command printing "MODE USER GROUP" of the file appended to it
     password_field: str  # prints the password hash of user "$u"
+    gnu_find: bool = False  # find -printf and sha256sum over many files: a tree in two processes
 
 
 DEBIAN_PASSWORD_APPLY = "chmod 600 {file} && chpasswd -e < {file}; status=$?; rm -f {file}; exit $status"
@@ -110,7 +111,7 @@ class Platform:
 
 DEBIAN_ACCOUNTS = AccountTools(system_user=("-r",), system_group=("-r",), own_group=("-U",), no_home=("-M",))
 DEBIAN_SHELL = Shell(sha256="sha256sum", stat="stat -c '%a %U %G'",
-                     password_field='getent shadow "$u" | cut -d: -f2')
+                     password_field='getent shadow "$u" | cut -d: -f2', gnu_find=True)
 
 # What one ManagedTree fact lists (depth:path): every file, directory and link the
 # deploy manages on Debian, so a converged run asks the host once, not once per file.
