@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import requests
 from pyinfra import logger
 from pyinfra.api.exceptions import PyinfraError
 
@@ -162,6 +161,8 @@ def _download(distfile: Distfile, cache: Path, path: Path) -> None:
     except OSError as error:
         raise DistfileError(f"distfile cache {cache} cannot be created ({error.strerror}); "
                             "set distfiles or $QMAILHOST_DISTFILES to a writable directory") from None
+    import requests  # only when a download is needed: a converged run never pays for the import
+
     partial = path.with_name(path.name + ".part")
     logger.info(f"qmailhost: downloading {distfile.url}")
     try:
