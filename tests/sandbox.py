@@ -210,6 +210,11 @@ class Host:
             raise SandboxError(f"on {self.name}: {command!r} exited {result.returncode}: {result.stderr.strip()}")
         return result
 
+    def service_pids(self) -> dict[str, str]:
+        """{service: pid} of the daemontools services up on the host (a restart changes the pid)."""
+        lines = self.ssh("svstat /etc/service/*").stdout.splitlines()
+        return {line.split(":")[0]: line.split("(pid ")[1].split(")")[0] for line in lines if "(pid " in line}
+
     def state_file(self) -> Path:
         return RUN_DIR / f"{self.name}.json"
 

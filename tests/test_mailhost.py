@@ -41,12 +41,6 @@ def mailhost(sandbox_ready, sources):
         sandbox.destroy(host.name)
 
 
-def service_pids(host: sandbox.Host) -> dict[str, str]:
-    """{service: pid} from svstat (a restart changes the pid)."""
-    lines = host.ssh("svstat /etc/service/*").stdout.splitlines()
-    return {line.split(":")[0]: line.split("(pid ")[1].split(")")[0] for line in lines if "(pid " in line}
-
-
 def password() -> str:
     return sandbox.sandbox_password()
 
@@ -167,7 +161,7 @@ def test_second_run_and_dry_diff_report_no_changes(mailhost):
 
 def test_a_domain_change_touches_only_what_reads_it(mailhost):
     host = mailhost.host
-    pids = service_pids(host)
+    pids = host.service_pids()
     data = {"domains": [DOMAIN, "other.test"]}
     dry = mailhost.deploy("--dry", "--diff", data=data)
     assert sorted(dry.planned()) == ["Reload qmail-send", "Write control/locals", "Write control/rcpthosts"]
@@ -176,7 +170,7 @@ def test_a_domain_change_touches_only_what_reads_it(mailhost):
     assert sorted(real.changed()) == sorted(dry.planned())
     assert host.ssh("cat /var/qmail/control/locals").stdout.split()[-1] == "other.test"
     # nothing restarted: the same pids (qmail-send only got a HUP)
-    assert service_pids(host) == pids
+    assert host.service_pids() == pids
     msg = message("stranger@example.com", f"{USER}@other.test")
     with smtplib.SMTP(host.address, 25, timeout=30) as client:
         client.send_message(msg)

@@ -57,11 +57,6 @@ def sums(host: sandbox.Host, paths: str) -> dict[str, str]:
     return {line.split()[1]: line.split()[0] for line in out.splitlines()}
 
 
-def service_pids(host: sandbox.Host) -> dict[str, str]:
-    lines = host.ssh("svstat /etc/service/*").stdout.splitlines()
-    return {line.split(":")[0]: line.split("(pid ")[1].split(")")[0] for line in lines if "(pid " in line}
-
-
 @pytest.fixture(scope="module")
 def tmda_era_host(sandbox_ready, sources):
     host = sandbox.create(f"t{os.getpid()}-modes")
@@ -159,12 +154,12 @@ def switch(host: sandbox.Host, mode: str) -> None:
     data = {"submission": mode}
     dry = pyinfra(host, "--dry", "--diff", data=data)
     predicted = set(re.findall(r"Will (?:modify|create|remove) (\S+)", dry.output))
-    pids, before = service_pids(host), sums(host, CONFIG)
+    pids, before = host.service_pids(), sums(host, CONFIG)
     real = pyinfra(host, data=data)
     assert changed_files(before, sums(host, CONFIG)) == predicted
     assert sorted(real.changed()) == sorted(dry.planned())
     assert not [op for op in real.changed() if op.startswith("Build")]  # both ofmipds are on the host
-    restarted = {service for service, pid in service_pids(host).items() if pids.get(service) != pid}
+    restarted = {service for service, pid in host.service_pids().items() if pids.get(service) != pid}
     assert restarted == {"/etc/service/qmail-ofmipd"}
     assert pyinfra(host, data=data).changed() == []
 
