@@ -65,7 +65,9 @@ CERT_WARN_DAYS, CERT_ERROR_DAYS = 21, 7
 SUPERVISION_WAIT = 15  # seconds for svscan (5 s scans) to start services a deploy just linked
 LAPTOP = "qmailhost-verify.invalid"  # our EHLO name: never looked up anywhere
 STRANGER = "qmailhost-verify@example.com"  # a sender from elsewhere
-FOREIGN = "relay-test@example.net"  # a recipient elsewhere: accepting it from a stranger is relaying
+# A recipient elsewhere (accepting it from a stranger is relaying): under .invalid, so no
+# host can ever have it among its own domains.
+FOREIGN = "relay-test@relay-check.qmailhost.invalid"
 # Names no public DNS serves (RFC 2606, 6761, 6762, 8375): nothing to look up.
 RESERVED_DOMAINS = ("test", "example", "invalid", "localhost", "local", "home.arpa",
                     "example.com", "example.net", "example.org")
