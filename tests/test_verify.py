@@ -100,6 +100,12 @@ STUNNEL_CONF = "/etc/qmailhost/stunnel.conf"
 TLS = "/etc/qmailhost/tls"
 
 
+def _restart_and_wait(service: str, port: int) -> str:
+    """Restart SERVICE, then wait (up to 10 s, a loaded machine is slow) until PORT answers again."""
+    return (f"svc -t /etc/service/{service} && sleep 0.5 && for i in $(seq 100); do "
+            f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>/dev/null && break; sleep 0.1; done")
+
+
 def _edit_and_restore(path: str, sed: str, after: str) -> tuple[str, str]:
     """Commands that edit PATH with SED then run AFTER, and that put PATH back and run AFTER."""
     return (f"cp -p {path} {path}.verify-orig && sed -i {sed} {path} && {after}",
@@ -113,7 +119,7 @@ def _rules(name: str, sed: str) -> tuple[str, str]:
 
 def _certificate(openssl_options: str) -> tuple[str, str]:
     """Replace the submission certificate (a new key too) and restart stunnel; undo."""
-    restart = "svc -t /etc/service/stunnel && sleep 1"
+    restart = _restart_and_wait("stunnel", 587)
     return (f"cp -p {TLS}/cert.pem {TLS}/cert.verify-orig && cp -p {TLS}/key.pem {TLS}/key.verify-orig && "
             f"openssl req -x509 -newkey rsa:2048 -nodes -keyout {TLS}/key.pem -out {TLS}/cert.pem "
             f"{openssl_options} 2>/dev/null && {restart}",
@@ -132,7 +138,7 @@ _EMPTY_THE_QUEUE = (
     " && svc -u /etc/service/qmail-send && sleep 1"
 )
 
-RESTART_OFMIPD = "svc -t /etc/service/qmail-ofmipd && sleep 1"
+RESTART_OFMIPD = _restart_and_wait("qmail-ofmipd", 26)
 BREAKAGES = [
     Breakage("smtp_refuses_relay", *_rules("smtp", "'s/^:allow$/:allow,RELAYCLIENT=\"\"/'")),
     Breakage("loopback_ports_closed", *_edit_and_restore(RUN, "'s/ 127\\.0\\.0\\.1 26 / 0 26 /'", RESTART_OFMIPD)),
@@ -147,7 +153,7 @@ BREAKAGES = [
         "-not_before 20190101000000Z -not_after 20200101000000Z")),
     Breakage("old_tls_refused", *_edit_and_restore(
         STUNNEL_CONF, "'s/^sslVersionMin = .*/sslVersionMin = TLSv1\\nciphers = DEFAULT:@SECLEVEL=0/'",
-        "svc -t /etc/service/stunnel && sleep 1")),
+        _restart_and_wait("stunnel", 587))),
     Breakage("services_up", "svc -d /etc/service/qmail-send && sleep 1", "svc -u /etc/service/qmail-send && sleep 1"),
     Breakage("submission_mode", *_edit_and_restore("/var/lib/qmailhost/submission-mode", "s/ofmipd/spamdyke/", "true")),
     Breakage("no_tmda_leftovers", "touch /etc/tmdarc", "rm -f /etc/tmdarc"),
