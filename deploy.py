@@ -37,8 +37,7 @@ platform = detect()
 mode = submission.mode_for(settings, platform)
 fetched = builds.fetch_all(settings, platform.builds_from_source)
 checksums = {name: distfile.sha512 for name, (distfile, _) in fetched.items()}
-facts.watch(users=[a.name for a in settings.accounts], secrets=[tls.paths(platform)[1]],
-            cert=tls.paths(platform)[0], shell=platform.shell)
+facts.watch(users=[a.name for a in settings.accounts], cert=tls.paths(platform)[0], shell=platform.shell)
 
 # Packages, users, sources
 packages.install(platform, mode.packages)

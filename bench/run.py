@@ -23,7 +23,7 @@ from pathlib import Path
 import pyinfra as pyinfra_package
 
 from tests import sandbox
-from tests.mail import message, submit, tls_context, wait_for_delivery
+from tests.mail import message, submit_when_up, tls_context, wait_for_delivery
 from tests.pyinfra_cli import PROJECT, pyinfra
 
 RESULTS = PROJECT / "bench" / "results.json"
@@ -53,15 +53,7 @@ def machine() -> dict:
 
 def mail_flows(host: sandbox.Host, timeout: float = 60) -> None:
     msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            submit(host, USER, sandbox.sandbox_password(), msg)
-            break
-        except (OSError, smtplib.SMTPException):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    submit_when_up(host, USER, sandbox.sandbox_password(), msg, timeout=timeout)
     wait_for_delivery(host, USER, msg["Subject"], timeout=timeout)
 
 

@@ -2,11 +2,10 @@
 
 ``HostState`` gathers everything qmailhost decides on that pyinfra's stock facts do
 not cover: build stamps, the fingerprints services were last (re)started with, the
-active submission mode, the checksums of secret files, account password salts, the
-TLS certificate's subject and whether systemd or svscan runs. Hashes are read from
-/etc/shadow (Debian) or /etc/master.passwd (NetBSD: platform data). Secrets never cross
-the wire: for a password hash only its salt and the SHA256 of the whole hash are
-read, for a key only its SHA256.
+active submission mode, account password salts, the TLS certificate's subject and
+whether systemd or svscan runs. Hashes are read from /etc/shadow (Debian) or
+/etc/master.passwd (NetBSD: platform data), but never cross the wire: only a hash's
+salt and the SHA256 of the whole hash are read.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ _SCRIPT = r"""
 pgrep -x svscan >/dev/null 2>&1 && echo "svscan	yes"
 for f in {stamps}/*; do [ -f "$f" ] && printf 'stamp\t%s\t%s\n' "${{f##*/}}" "$(cat "$f")"; done
 [ -f {mode} ] && printf 'mode\t%s\n' "$(cat {mode})"
-for f in {secrets}; do [ -f "$f" ] && printf 'sha256\t%s\t%s\n' "$f" "$({sha256} < "$f" | cut -c1-64)"; done
 for u in {users}; do
   h=$({password_field})
   [ -n "$h" ] && printf 'account\t%s\t%s\t%s\n' "$u" "${{h%\$*}}" "$(printf %s "$h" | {sha256} | cut -c1-64)"
@@ -39,11 +37,10 @@ true
 class HostState(FactBase):
     """One dict describing qmailhost's state on the host (see the module header)."""
 
-    def command(self, users=(), secrets=(), cert="/nonexistent", sha256="sha256sum",
+    def command(self, users=(), cert="/nonexistent", sha256="sha256sum",
                 password_field='getent shadow "$u" | cut -d: -f2'):
         return _SCRIPT.format(
             stamps=STAMP_DIR, mode=MODE_FILE, cert=shlex.quote(cert), sha256=sha256, password_field=password_field,
-            secrets=" ".join(shlex.quote(s) for s in secrets) or "/nonexistent",
             users=" ".join(shlex.quote(u) for u in users) or "''",
         )
 
@@ -62,8 +59,6 @@ class HostState(FactBase):
                 state["stamps"][fields[0]] = fields[1]
             elif kind == "mode":
                 state["mode"] = rest
-            elif kind == "sha256" and len(fields) == 2:
-                state["sha256"][fields[0]] = fields[1]
             elif kind == "account" and len(fields) == 3:
                 state["accounts"][fields[0]] = {"salt": fields[1], "hash_sha256": fields[2]}
             elif kind == "cert":
@@ -72,19 +67,19 @@ class HostState(FactBase):
 
 
 def _empty() -> dict:
-    return {"systemd": False, "svscan": False, "stamps": {}, "mode": None, "sha256": {},
+    return {"systemd": False, "svscan": False, "stamps": {}, "mode": None,
             "accounts": {}, "cert_cn": None}
 
 
 _STATE_ARGS: dict[str, dict] = {}
 
 
-def watch(users=(), secrets=(), cert="/nonexistent", shell=None) -> None:
+def watch(users=(), cert="/nonexistent", shell=None) -> None:
     """Say, once per host before any operation, which accounts and files HostState covers
     (and, for a host that is not Debian, its shell dialect: tasks/platform.py Shell)."""
     from pyinfra import host
 
-    args = {"users": tuple(users), "secrets": tuple(secrets), "cert": cert}
+    args = {"users": tuple(users), "cert": cert}
     if shell is not None and shell.sha256 != "sha256sum":
         args.update(sha256=shell.sha256, password_field=shell.password_field)
     _STATE_ARGS[host.name] = args

@@ -44,6 +44,18 @@ def submit(host: Host, user: str, password: str, msg: EmailMessage, mechanism: s
         client.send_message(msg)
 
 
+def submit_when_up(host: Host, user: str, password: str, msg: EmailMessage, timeout: float = 20) -> None:
+    """submit(), retried while the services a deploy just started come up (raises after TIMEOUT)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return submit(host, user, password, msg)
+        except (OSError, smtplib.SMTPException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def wait_for_delivery(host: Host, user: str, subject: str, timeout: float = 30) -> str:
     """The path of the message with SUBJECT in USER's Maildir/new, waiting for qmail-send."""
     deadline = time.monotonic() + timeout

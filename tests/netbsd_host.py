@@ -80,12 +80,11 @@ class NetBSDHost:
     def _fact_TmdaArchive(self):
         return copy.deepcopy(self.tmda_archive)
 
-    def _fact_HostState(self, users=(), secrets=(), cert="/nonexistent", sha256="sha256sum", password_field=""):
+    def _fact_HostState(self, users=(), cert="/nonexistent", sha256="sha256sum", password_field=""):
         assert sha256 == "openssl dgst -sha256 -r" and "/etc/master.passwd" in password_field
         mode = self.contents.get("/var/lib/qmailhost/submission-mode")
         return {"systemd": False, "svscan": False, "stamps": dict(self.stamps),
                 "mode": mode.strip() if mode else None,
-                "sha256": {s: self.files[s]["sha256"] for s in secrets if s in self.files},
                 "accounts": {u: self.accounts[u] for u in users if u in self.accounts},
                 "cert_cn": self.cert_cn if cert else None}
 

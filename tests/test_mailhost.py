@@ -7,12 +7,11 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
-import subprocess
 
 import pytest
 
 from tests import sandbox
-from tests.mail import message, submit, tls_context, wait_for_delivery
+from tests.mail import message, submit, submit_when_up, tls_context, wait_for_delivery
 from tests.pyinfra_cli import pyinfra
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
@@ -197,11 +196,6 @@ def test_debian_12_mail_flows(make_host, sources):
     pyinfra(host)
     assert host.ssh("cat /etc/debian_version").stdout.startswith("12.")
     msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
-    for _ in range(30):  # svscan starts the services within a few seconds
-        try:
-            submit(host, USER, password(), msg)
-            break
-        except (OSError, smtplib.SMTPException):
-            subprocess.run(["sleep", "1"])
+    submit_when_up(host, USER, password(), msg)
     wait_for_delivery(host, USER, msg["Subject"])
     assert pyinfra(host).changed() == []

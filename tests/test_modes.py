@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests import sandbox
-from tests.mail import message, submit, tls_context, wait_for_delivery
+from tests.mail import message, submit, submit_when_up, tls_context, wait_for_delivery
 from tests.pyinfra_cli import pyinfra
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
@@ -105,19 +105,9 @@ def test_old_mail_is_untouched_and_submission_works(tmda_era_host):
     host = tmda_era_host
     assert {p: d for p, d in sums(host, "/home/alice/Maildir").items() if p in host.old_mail} == host.old_mail
     msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
-    retry(lambda: submit(host, USER, sandbox.sandbox_password(), msg))
+    submit_when_up(host, USER, sandbox.sandbox_password(), msg)
     wait_for_delivery(host, USER, msg["Subject"])
     assert pyinfra(host).changed() == []
-
-
-def retry(action, attempts: int = 30):
-    for attempt in range(attempts):
-        try:
-            return action()
-        except (OSError, smtplib.SMTPException):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5)
 
 
 class Submitter(threading.Thread):

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests import sandbox
-from tests.mail import message, submit, wait_for_delivery
+from tests.mail import message, submit, submit_when_up, wait_for_delivery
 from tests.pyinfra_cli import PROJECT, PYINFRA, pyinfra
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
@@ -113,12 +112,7 @@ def interrupted_deploy_recovers(host: sandbox.Host, after_seconds: float) -> Non
         run.wait()
     pyinfra(host)
     msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
-    for _ in range(40):
-        try:
-            submit(host, USER, sandbox.sandbox_password(), msg)
-            break
-        except OSError:
-            time.sleep(0.5)
+    submit_when_up(host, USER, sandbox.sandbox_password(), msg)
     wait_for_delivery(host, USER, msg["Subject"])
     assert pyinfra(host).changed() == []
 
