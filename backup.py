@@ -6,18 +6,18 @@ does not hold, into a dated directory on this laptop. Changes nothing on the hos
 Carried: every account's Maildir, the self-signed TLS pair, the password hashes, the
 TMDA archive if any, and with backup_queue the pending messages. Unchanged messages
 are hard-linked from the previous backup, not fetched again; a full or unwritable
-backup_dir is refused before anything is written. See tasks/recovery.py.
+backup_dir is refused before anything is written. See qmailhost/core/recovery.py.
 """
 
 from pyinfra import host
 from pyinfra.operations import python
 
-from tasks import recovery
-from tasks.platform import detect
-from tasks.settings import Settings
+from qmailhost.core import recovery
+from qmailhost.core.platform import detect
+from qmailhost.core.settings import Settings
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
-options = recovery.options(host.data.dict(), settings)
+options = recovery.options(settings)
 remote = recovery.remote_for(host.data.dict(), host.name)
 plan = recovery.plan_backup(remote, settings, options, detect())
 

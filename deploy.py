@@ -2,26 +2,22 @@
 
     pyinfra inventory/<site>.py deploy.py [--dry --diff]
 
-Settings are read and validated once (tasks/settings.py), the platform decided once
-from facts (tasks/platform.py: Debian or NetBSD, with its package and service
-backends) and the distfiles it builds from fetched and verified on the laptop
-(tasks/sources.py) before any operation; then each component adds its operations in
-order: packages and users, builds, configuration, services. Restarts follow real
-changes only.
+Settings are read and validated once (every component's, collected by
+qmailhost/core/settings.py), the platform decided once from facts
+(qmailhost/core/platform.py: Debian or NetBSD, with its package and service backends)
+and the distfiles it builds from fetched and verified on the laptop
+(qmailhost/core/sources.py) before any operation; then each component
+(qmailhost/<component>/) adds its operations, one call each, in stage order: packages
+and users, builds, configuration, services, checks. Restarts follow real changes only.
 """
 
 from pyinfra import host
 
-from tasks import (
+from qmailhost import (
     accounts,
-    builds,
     checkpassword,
-    checks,
-    facts,
     mess822,
-    packages,
     qmail,
-    services,
     smtpd,
     spamdyke,
     stunnel,
@@ -29,15 +25,17 @@ from tasks import (
     tls,
     tmda,
 )
-from tasks.platform import detect
-from tasks.settings import Settings
+from qmailhost.backends import packages, services
+from qmailhost.core import builds, checks, facts
+from qmailhost.core.platform import detect
+from qmailhost.core.settings import Settings
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
 platform = detect()
 mode = submission.mode_for(settings, platform)
 fetched = builds.fetch_all(settings, platform.builds_from_source)
 checksums = {name: distfile.sha512 for name, (distfile, _) in fetched.items()}
-facts.watch(users=[a.name for a in settings.accounts], cert=tls.paths(platform)[0], shell=platform.shell)
+facts.watch(settings, platform)
 
 # Packages, users, sources
 packages.install(platform, mode.packages)
@@ -60,7 +58,7 @@ qmail.sendmail(platform)
 accounts.configure(platform, settings)
 tls_fingerprint = tls.configure(platform, settings)
 
-# Services (daemontools or rc.d: tasks/services.py)
+# Services (daemontools or rc.d: qmailhost/backends/services.py)
 services.backend(platform).supervisor(platform)
 qmail.service(platform, control, checksums.get("notqmail", "pkgsrc"))
 smtpd.configure(platform, settings)

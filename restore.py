@@ -8,17 +8,18 @@ damaged one is refused before the host is touched. Then only what the host lacks
 holds differently is changed: missing messages and files are added (nothing on the
 host is deleted or overwritten), password hashes set through chpasswd -e from a file,
 the TLS pair replaced when it differs (then stunnel restarted), pending messages
-requeued once. A second restore changes nothing. See tasks/recovery.py.
+requeued once. A second restore changes nothing. See qmailhost/core/recovery.py.
 """
 
 from pyinfra import host
 
-from tasks import recovery
-from tasks.platform import detect
-from tasks.settings import Settings
+from qmailhost import tls
+from qmailhost.core import recovery
+from qmailhost.core.platform import detect
+from qmailhost.core.settings import Settings
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
-options = recovery.options(host.data.dict(), settings)
+options = recovery.options(settings)
 backup = recovery.open_backup(options, settings)
 platform = detect()
 remote = recovery.remote_for(host.data.dict(), host.name)
@@ -29,6 +30,6 @@ host.log(f"Restoring from {backup.directory} (every sha256 verified)")
 recovery.restore_files(name="Restore missing messages and files", remote=remote, backup=backup,
                        missing=recovery.missing_files(backup, view))
 recovery.restore_password_hashes(name="Restore the password hashes", hashes=recovery.changed_hashes(backup, view))
-recovery.restore_tls(platform, settings, backup)
+tls.restore(platform, settings, backup)
 recovery.requeue(name="Requeue the pending messages", messages=recovery.pending_messages(backup, view),
                  qmail_queue=f"{platform.qmail_home}/bin/qmail-queue")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pyinfra as pyinfra_package
 
-from tests import sandbox
-from tests.mail import message, submit_when_up, tls_context, wait_for_delivery
-from tests.pyinfra_cli import PROJECT, pyinfra
+from harness import sandbox
+from harness.mail import message, submit_when_up, tls_context, wait_for_delivery
+from harness.pyinfra_cli import PROJECT, pyinfra
 
 RESULTS = PROJECT / "bench" / "results.json"
 QUIET = {"verify_after_deploy": False}  # the status checks are measured on their own, not here

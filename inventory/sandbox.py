@@ -4,7 +4,7 @@
 
 brings the local host up if it is not running (as root, on Linux) and deploys to it.
 Its test account's password is generated once and kept outside the repository;
-`python -m tests.sandbox status` shows it. Environment knobs:
+`python -m harness.sandbox status` shows it. Environment knobs:
 
 - QMAILHOST_SANDBOX_HOST: target another harness host by name (tests do), not brought up;
 - QMAILHOST_SANDBOX_DATA: a JSON object of settings laid over the ones below (tests do);
@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from tests import sandbox
+from harness import sandbox
 
 _name = os.environ.get("QMAILHOST_SANDBOX_HOST")
 if _name:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import sandbox
-from tests.pyinfra_cli import LOCAL_MIRROR, sources_available
+from harness import sandbox
+from harness.pyinfra_cli import LOCAL_MIRROR, sources_available
 
 _counter = itertools.count(1)
 

@@ -10,9 +10,9 @@ import ssl
 
 import pytest
 
-from tests import sandbox
-from tests.mail import message, submit, submit_when_up, tls_context, wait_for_delivery
-from tests.pyinfra_cli import pyinfra
+from harness import sandbox
+from harness.mail import message, submit, submit_when_up, tls_context, wait_for_delivery
+from harness.pyinfra_cli import pyinfra
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 USER, DOMAIN = sandbox.SANDBOX_USER, sandbox.SANDBOX_DOMAIN

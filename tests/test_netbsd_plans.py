@@ -19,10 +19,10 @@ import pytest
 import yaml
 from passlib.hash import sha1_crypt
 
-from tasks import ops
-from tasks import platform as platforms
-from tests.netbsd_host import NetBSDHost
-from tests.plan_harness import plan_deploy, plan_operation
+from harness.netbsd_host import NetBSDHost
+from harness.plan_harness import plan_deploy, plan_operation
+from qmailhost.core import ops
+from qmailhost.core import platform as platforms
 
 CASES = Path(__file__).resolve().parent / "plans" / "netbsd"
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.recovery import backups_in, read_manifest
-from tests import sandbox
-from tests.mail import submit, tls_context, wait_for_delivery
-from tests.pyinfra_cli import host_listing, pyinfra
+from harness import sandbox
+from harness.mail import submit, tls_context, wait_for_delivery
+from harness.pyinfra_cli import host_listing, pyinfra
+from qmailhost.core.recovery import backups_in, read_manifest
 
 pytestmark = pytest.mark.e2e
 

@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from tasks.sources import PINS
-from tests import sandbox
-from tests.pyinfra_cli import LOCAL_MIRROR, host_listing, pyinfra
+from harness import sandbox
+from harness.pyinfra_cli import LOCAL_MIRROR, host_listing, pyinfra
+from qmailhost.core.sources import PINS
 
 pytestmark = pytest.mark.e2e
 

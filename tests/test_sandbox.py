@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests import sandbox
-from tests.pyinfra_cli import PROJECT, host_listing, pyinfra
+from harness import sandbox
+from harness.pyinfra_cli import PROJECT, host_listing, pyinfra
 
 pytestmark = pytest.mark.e2e
 PACKAGES = ("build-essential", "ucspi-tcp", "daemontools", "daemontools-run", "stunnel4", "openssl", "libssl-dev")
@@ -94,11 +94,11 @@ def test_leftovers_of_a_killed_run_are_reaped(sandbox_ready):
 
 def test_cli_status_json_gives_address_key_and_mail_account(sandbox_ready):
     env = {**os.environ}
-    up = subprocess.run([sys.executable, "-m", "tests.sandbox", "up", "--name", "cli-check"], cwd=PROJECT,
+    up = subprocess.run([sys.executable, "-m", "harness.sandbox", "up", "--name", "cli-check"], cwd=PROJECT,
                         capture_output=True, text=True, env=env, timeout=600)
     try:
         assert up.returncode == 0, up.stderr
-        out = subprocess.run([sys.executable, "-m", "tests.sandbox", "status", "--json", "--name", "cli-check"],
+        out = subprocess.run([sys.executable, "-m", "harness.sandbox", "status", "--json", "--name", "cli-check"],
                              cwd=PROJECT, capture_output=True, text=True, check=True).stdout
         info = json.loads(out)
         for key in ("address", "ssh_port", "ssh_key", "hostname", "domain", "user", "password"):
@@ -107,7 +107,7 @@ def test_cli_status_json_gives_address_key_and_mail_account(sandbox_ready):
         assert sandbox.load("cli-check").address == info["address"]
         assert info["password"] == sandbox.sandbox_password()  # the same one every time
     finally:
-        down = subprocess.run([sys.executable, "-m", "tests.sandbox", "down", "--name", "cli-check"],
+        down = subprocess.run([sys.executable, "-m", "harness.sandbox", "down", "--name", "cli-check"],
                               cwd=PROJECT, capture_output=True, text=True)
         assert "destroyed" in down.stdout
     assert sandbox.load("cli-check") is None

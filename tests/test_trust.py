@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import sandbox
-from tests.mail import message, submit, submit_when_up, wait_for_delivery
-from tests.pyinfra_cli import PROJECT, PYINFRA, pyinfra
+from harness import sandbox
+from harness.mail import message, submit, submit_when_up, wait_for_delivery
+from harness.pyinfra_cli import PROJECT, PYINFRA, pyinfra
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 USER, DOMAIN = sandbox.SANDBOX_USER, sandbox.SANDBOX_DOMAIN

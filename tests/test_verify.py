@@ -1,4 +1,4 @@
-"""The status checks (verify.py, tasks/checks.py) against one deployed throwaway host.
+"""The status checks (verify.py, qmailhost/core/checks.py and each component's) against one deployed throwaway host.
 
 The host is deployed once for the module; then it is broken one way at a time over
 SSH, and each time exactly the matching check must report an error while every other
@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from tasks import checks
-from tasks.platform import debian
-from tasks.settings import Settings, SettingsError
-from tests import sandbox
-from tests.pyinfra_cli import pyinfra
+from harness import sandbox
+from harness.pyinfra_cli import pyinfra
+from qmailhost import dns
+from qmailhost.core import checks
+from qmailhost.core import dns as resolver_module
+from qmailhost.core.platform import debian
+from qmailhost.core.settings import Settings, SettingsError
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +46,7 @@ def verify(host: sandbox.Host, **data) -> Verified:
     """`pyinfra inventory/sandbox.py verify.py` with the test account, and its table."""
     run = pyinfra(host, deploy="verify.py", data={"verify_account": ACCOUNT, **data}, json_output=False,
                   check=False, timeout=300)
-    names = {checks.check_name(c) for c in checks.CHECKS}
+    names = {checks.check_name(c) for c in checks.all_checks(debian("13"))}
     results = {m["name"]: (m["status"], m["reason"]) for line in run.stderr.splitlines()
                if (m := ROW.match(line)) and m["name"] in names}
     assert set(results) == names, run.output[-3000:]
@@ -191,7 +193,8 @@ def test_the_checks_at_the_end_of_a_deploy_see_what_its_operations_did(deployed,
     deploy = tmp_path / "leave_tmdarc.py"
     deploy.write_text(
         "from pyinfra import host\nfrom pyinfra.operations import server\n"
-        "from tasks import checks\nfrom tasks.platform import detect\nfrom tasks.settings import Settings\n"
+        "from qmailhost.core import checks\nfrom qmailhost.core.platform import detect\n"
+        "from qmailhost.core.settings import Settings\n"
         "settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)\n"
         "platform = detect()\n"
         "server.shell(name='Leave a TMDA piece behind', commands=['touch /etc/tmdarc'])\n"
@@ -216,10 +219,14 @@ SECRET = "s3cret-not-shown"
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
+    return settings_with(tmp_path)
+
+
+def settings_with(tmp_path, **data) -> Settings:
     password_file = tmp_path / "alice"
     password_file.write_text(SECRET + "\n")
     return Settings.from_host_data({"hostname": HOSTNAME, "accounts": [{"name": "alice",
-                                                                      "password_file": str(password_file)}]})
+                                                                      "password_file": str(password_file)}], **data})
 
 
 @pytest.mark.parametrize("data, setting", [
@@ -230,16 +237,16 @@ def settings(tmp_path) -> Settings:
     ({"verify_account": {"name": "bob", "password": "x"}}, "verify_account"),
     ({"verify_account": {"name": "bob", "password_file": "/nonexistent/bob"}}, "verify_account"),
 ])
-def test_bad_check_settings_are_refused_in_one_line_naming_the_setting(settings, data, setting):
+def test_bad_check_settings_are_refused_in_one_line_naming_the_setting(tmp_path, data, setting):
     with pytest.raises(SettingsError) as refused:
-        checks.Options.from_host_data(data, settings)
+        settings_with(tmp_path, **data)
     assert refused.value.setting == setting and "\n" not in str(refused.value)
 
 
-def test_verify_account_takes_its_password_from_accounts_and_never_shows_it(settings):
-    options = checks.Options.from_host_data({"verify_account": "alice"}, settings)
-    assert options.account.password == SECRET
-    assert SECRET not in repr(options)
+def test_verify_account_takes_its_password_from_accounts_and_never_shows_it(tmp_path):
+    settings = settings_with(tmp_path, verify_account="alice")
+    assert settings.verify_account.password == SECRET
+    assert SECRET not in repr(settings)
 
 
 # --- DNS, against a resolver on loopback ----------------------------------------------------
@@ -281,7 +288,7 @@ class FakeResolver:
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
-        types = {v: k for k, v in checks.RECORD_TYPES.items()}
+        types = {v: k for k, v in resolver_module.RECORD_TYPES.items()}
         while True:
             try:
                 query, peer = self.sock.recvfrom(512)
@@ -292,7 +299,7 @@ class FakeResolver:
             kind = types[struct.unpack_from("!H", query, end)[0]]
             values = self.zone.get((name or ".", kind), [])
             header = struct.pack("!6H", ident, 0x8180 if values or name == "" else 0x8183, 1, len(values), 0, 0)
-            answers = b"".join(struct.pack("!HHHIH", 0xC00C, checks.RECORD_TYPES[kind], 1, 60, len(r)) + r
+            answers = b"".join(struct.pack("!HHHIH", 0xC00C, resolver_module.RECORD_TYPES[kind], 1, 60, len(r)) + r
                                for r in (_rdata(kind, v) for v in values))
             self.sock.sendto(header + query[12:end + 4] + answers, peer)
 
@@ -304,13 +311,13 @@ GOOD_ZONE = {
     (DOMAIN, "MX"): [HOSTNAME], (DOMAIN, "TXT"): ["v=spf1 mx -all"], (HOSTNAME, "A"): [ADDRESS],
     ("25.2.0.192.in-addr.arpa", "PTR"): [HOSTNAME],
 }
-DNS_CHECKS = (checks.check_dns_mx, checks.check_dns_address, checks.check_dns_ptr, checks.check_dns_spf)
+DNS_CHECKS = (dns.check_dns_mx, dns.check_dns_address, dns.check_dns_ptr, dns.check_dns_spf)
 
 
 def _dns_results(settings: Settings, zone: dict | None, server_port: int | None = None) -> dict:
-    target = checks.Target(settings, debian("13"), None, ADDRESS, shell=None)
+    target = checks.Target(settings, debian("13"), ADDRESS, shell=None)
     resolver = FakeResolver(zone) if zone is not None else None
-    target.dns = checks.Dns("127.0.0.1", port=resolver.port if resolver else server_port)
+    target.dns = resolver_module.Dns("127.0.0.1", port=resolver.port if resolver else server_port)
     try:
         return {r.name: (r.status, r.reason) for r in checks.run_checks(target, DNS_CHECKS)}
     finally:
@@ -352,6 +359,6 @@ def test_without_dns_the_dns_checks_are_skipped_quickly_and_say_so(settings):
         results = _dns_results(settings, None, server_port=silent.getsockname()[1])
     finally:
         silent.close()
-    assert time.monotonic() - started < checks.DNS_TIMEOUT + 1.5
+    assert time.monotonic() - started < resolver_module.DNS_TIMEOUT + 1.5
     for status, reason in results.values():
         assert status == "skipped" and reason.startswith("no DNS: the resolver 127.0.0.1 did not answer"), reason

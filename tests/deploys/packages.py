@@ -1,7 +1,6 @@
 """A deploy of the base packages only: the harness's proof, and the benchmark floor."""
 
 from pyinfra import host
-
 from tasks import packages
 from tasks.platform import detect
 from tasks.settings import Settings

@@ -1,0 +1,79 @@
+"""Run the pyinfra CLI against a sandbox host exactly as a user would, and read its results."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import sandbox
+from qmailhost.core.sources import PINS
+
+PROJECT = Path(__file__).resolve().parent.parent
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+LOCAL_MIRROR = Path(os.path.expanduser(os.environ.get("QMAILHOST_LOCAL_MIRROR", "~/.cache/qmailhost/mirror")))
+
+
+def sources_available() -> bool:
+    if os.environ.get("QMAILHOST_DISTFILES"):
+        return Path(os.environ["QMAILHOST_DISTFILES"]).is_dir()
+    if (LOCAL_MIRROR / "SHA512SUMS").exists():
+        return all((LOCAL_MIRROR / pin.filename).exists() for pin in PINS.values())
+    default = Path.home() / ".cache/qmailhost/distfiles"
+    return all((default / pin.filename).exists() for pin in PINS.values())
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    argv: list[str]
+
+    @property
+    def output(self) -> str:
+        """Everything pyinfra printed, without colour codes."""
+        return re.sub(r"\x1b\[[0-9;]*m", "", self.stdout + self.stderr)
+
+    @property
+    def report(self) -> dict:
+        """pyinfra's --json document (plan and results)."""
+        return json.loads(self.stdout)
+
+    def changed(self) -> list[str]:
+        """Names of operations that changed the host (real run) or would (dry run)."""
+        report = self.report
+        if report.get("results"):
+            return [op["name"] for op in report["results"]["operations"] if op["success"]]
+        return [op["name"] for op in report["plan"] if op["hosts_with_change"]]
+
+    def planned(self) -> list[str]:
+        return [op["name"] for op in self.report["plan"] if op["hosts_with_change"]]
+
+
+def pyinfra(host: sandbox.Host, *args: str, deploy: str = "deploy.py", data: dict | None = None,
+            json_output: bool = True, check: bool = True, timeout: float = 1200, env: dict | None = None) -> Run:
+    """`pyinfra [-y] [--json] ARGS... inventory/sandbox.py DEPLOY` against HOST."""
+    confirm = [] if "--dry" in args else ["-y"]  # -y would skip the change detection a dry run reports
+    argv = [PYINFRA, *confirm, *(["--json"] if json_output else []), *args, "inventory/sandbox.py", deploy]
+    environ = {**os.environ, "QMAILHOST_SANDBOX_HOST": host.name, **(env or {})}
+    environ["QMAILHOST_SANDBOX_DATA"] = json.dumps(data or {})
+    result = subprocess.run(argv, cwd=PROJECT, env=environ, capture_output=True, text=True, timeout=timeout)
+    run = Run(result.returncode, result.stdout, result.stderr, argv)
+    if check and result.returncode != 0:
+        raise AssertionError(f"pyinfra exited {result.returncode}:\n{run.output[-4000:]}")
+    return run
+
+
+def host_listing(host: sandbox.Host, roots: str = "/etc /usr /var /home /root") -> str:
+    """A checksummed listing of the host's files (content, mode, owner, mtime) for change checks."""
+    command = (
+        f"find {roots} -xdev \\( -path /var/cache/apt -o -path /var/log \\) -prune -o "
+        "\\( -type f -printf '%p %m %U %G %s %T@ ' -exec sh -c 'sha256sum < \"$1\" | cut -c1-64' _ {} \\; \\) "
+        "-o \\( ! -type f -printf '%p %y %m %U %G %l\\n' \\) | sort"
+    )
+    return host.ssh(command, timeout=600).stdout

@@ -1,0 +1,142 @@
+"""daemontools (Debian's service backend): each service is a directory with ./run and
+./log/run, linked into /etc/service, where svscan (daemontools-run's unit; the
+sandbox's init) starts it. backends/rcd.py is the same interface for NetBSD's rc.d.
+
+A service is restarted (svc -t) only when what it reads at start changed: its run
+script plus the inputs it names (a config, a certificate's fingerprint, binaries);
+sent a HUP (svc -h) when only what it re-reads on one changed. The fingerprint is
+recorded after the signal, so an interrupted run sends it next time.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.operations import systemd
+
+from qmailhost.backends.services import Service
+from qmailhost.core import ops
+from qmailhost.core.component import Component, Probe
+from qmailhost.core.facts import host_state
+from qmailhost.core.platform import Platform
+from qmailhost.core.templates import render
+
+_NEW_LINKS: dict[str, list[str]] = {}  # host name -> services this run links for the first time
+
+
+def _flag(key: str, test: str) -> Probe:
+    return Probe(key, lambda platform, settings: f"{test} && echo {key}", bool, bool)
+
+
+COMPONENT = Component(
+    name="daemontools",
+    probes=(_flag("systemd", "[ -d /run/systemd/system ]"), _flag("svscan", "pgrep -x svscan >/dev/null 2>&1")),
+    managed_roots=lambda p: (f"3:{p.supervise_dir}", f"1:{p.service_dir}", f"1:{p.log_dir}"),
+)
+
+
+def supervisor(platform: Platform) -> None:
+    """Make sure svscan runs over /etc/service: systemd's daemontools-run unit where systemd runs."""
+    if host_state()["systemd"]:
+        systemd.service(name="Enable and start daemontools-run (svscan)", service="daemontools-run.service",
+                        running=True, enabled=True)
+
+
+def declare(platform: Platform, service: Service) -> None:
+    name = service.name
+    directory = f"{platform.supervise_dir}/{name}"
+    ops.directory(name=f"Create the log directory of {name}", path=f"{platform.log_dir}/{name}",
+                  user="qmaill", group="root", mode="750")
+    ops.whole_file(name=f"Write the log run script of {name}", dest=f"{directory}/log/run", mode="755",
+                   content=render("backends/daemontools-log.run", service=name, log_dir=platform.log_dir))
+    ops.whole_file(name=f"Write the run script of {name}", dest=f"{directory}/run", mode="755",
+                   content=service.run)
+    link = f"{platform.service_dir}/{name}"
+    if (ops.managed_path(link) or {}).get("target") != directory:
+        _NEW_LINKS.setdefault(host.name, []).append(link)  # decided now: operations may run later
+    enable(name=f"Enable service {name}", link=link, directory=directory)
+    _signal(name, link, [service.run, *service.reads_at_start])
+    if service.reload_on:
+        _signal(name, link, list(service.reload_on), signal="h", why="Reload")
+    if service.replaces:
+        replaced, _why = service.replaces
+        unlinked(name=f"Stop and unlink {replaced}", link=f"{platform.service_dir}/{replaced}")
+
+
+@operation()
+def unlinked(link: str):
+    """The service at LINK is no longer supervised: unlinked, then its supervise told to stop and exit."""
+    current = ops.managed_path(link)
+    if not current:
+        host.noop(f"{link} is not enabled")
+        return
+    yield f"rm -f {link} && svc -dx {current.get('target', link)} {current.get('target', link)}/log"
+
+
+@operation()
+def enable(link: str, directory: str):
+    """Link DIRECTORY into svscan's directory (settle() then waits for supervise)."""
+    current = ops.managed_path(link)
+    if current and current.get("target") == directory:
+        host.noop(f"{link} is enabled")
+        return
+    yield f"ln -sfn {directory} {link}.qmailhost-new && mv -fT {link}.qmailhost-new {link}"
+
+
+def settle(platform: Platform) -> None:
+    """Wait, once, until svscan has started every service this run linked (it looks every
+    5 s), so the run ends with the services up. Nothing to wait for on a converged host."""
+    links = _NEW_LINKS.pop(host.name, [])
+    if links:
+        wait_until_supervised(name="Wait for svscan to start the new services", links=links)
+
+
+@operation()
+def wait_until_supervised(links: list[str], seconds: int = 20):
+    checks = " && ".join(f"svok {link} 2>/dev/null" for link in links)
+    yield (f"for i in $(seq {seconds * 10}); do {checks} && exit 0; sleep 0.1; done; "
+           f"echo 'svscan did not start {' '.join(links)} within {seconds} s: is svscan running "
+           "(daemontools-run)?' >&2; exit 1")
+
+
+def _signal(name: str, link: str, inputs: list[str], signal: str = "t", why: str = "Restart") -> None:
+    ops.stamped(
+        name=f"{why} {name}", stamp=f"service-{name}-{signal}", inputs="\n".join(inputs),
+        commands=[f"if svok {link} 2>/dev/null; then svc -{signal} {link}; fi"],
+        description=f"{why.lower()} {name}",
+    )
+
+
+def restart_command(platform: Platform, name: str) -> str:
+    """The command restarting service NAME now, if it runs (for restore.py)."""
+    link = f"{platform.service_dir}/{name}"
+    return f"if svok {link} 2>/dev/null; then svc -t {link}; fi"
+
+
+# --- for the status checks (read-only) ----------------------------------------------------
+
+
+def status_script(platform: Platform, services: list) -> str:
+    """svstat of each service and its log (LISTENERS' daemontools names)."""
+    paths = [f"{platform.service_dir}/{s.name}{log}" for s in services for log in ("", "/log")]
+    return f"svstat {' '.join(paths)} 2>&1; true"
+
+
+_SVSTAT = re.compile(r"^(?P<path>\S+): (?P<status>.*)$")
+
+
+def parse_status(platform: Platform, services: list, output: str) -> dict[str, dict]:
+    """{name or name/log: {"up": bool, "starting": bool, "pid", "seconds", "words"}}."""
+    by_path = {m["path"]: m["status"] for line in output.splitlines() if (m := _SVSTAT.match(line))}
+    status = {}
+    for service in services:
+        for log in ("", "/log"):
+            words = by_path.get(f"{platform.service_dir}/{service.name}{log}", "is missing")
+            pid, seconds = re.search(r"\(pid (\d+)\)", words), re.search(r"(\d+) seconds", words)
+            status[service.name + log] = {
+                "up": words.startswith("up"), "words": words,
+                "starting": "supervise/ok" in words or "want up" in words,
+                "pid": pid.group(1) if pid else None, "seconds": int(seconds.group(1)) if seconds else None}
+    return status

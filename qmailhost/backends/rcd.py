@@ -1,0 +1,178 @@
+"""rc.d (NetBSD's service backend): qmail-run's and stunnel's rc.d scripts, one
+/etc/rc.conf.d/NAME file per service. Same interface as backends/daemontools.py (see
+backends/services.py).
+
+Each file says NAME=YES and sets every variable the service's rc.d script reads, so
+the setup does not depend on the defaults of the qmail-run release installed (they
+changed: later ones serve 587 with sslserver and authup). The rc.d script is copied
+from pkgsrc's examples if the package did not install it (PKG_RCD_SCRIPTS unset).
+A service is started when it is not running and restarted only when its rc.conf.d
+file or another input it reads at start changed (a stamp, recorded after the
+restart); reloaded when only what it re-reads changed.
+
+    qmailsend     qmail-send, logging to syslog
+    qmailsmtpd    tcpserver 0:25 -> spamdyke -> qmail-smtpd, as qmaild
+    qmailofmipd   tcpserver 127.0.0.1:26 -> [spamdyke] -> ofmipd, as ofmipd
+    tofmipd       tmda-ofmipd on 127.0.0.1:8025 (submission mode "tmda")
+    stunnel       STARTTLS on 587 in front of the active submission listener
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from pyinfra import host
+from pyinfra.api import FactBase, operation
+
+from qmailhost.backends.services import Service
+from qmailhost.core import ops
+from qmailhost.core.facts import host_state
+from qmailhost.core.platform import Platform
+
+
+class RcdService(FactBase):
+    """{"script": bool, "running": bool} of rc.d service SERVICE."""
+
+    def command(self, service, rcd_dir="/etc/rc.d"):
+        script = shlex.quote(f"{rcd_dir}/{service}")
+        return f"if [ -x {script} ]; then echo script; {script} onestatus >/dev/null 2>&1 && echo running; fi; true"
+
+    @staticmethod
+    def default():
+        return {"script": False, "running": False}
+
+    def process(self, output):
+        return {"script": "script" in output, "running": "running" in output}
+
+
+@operation()
+def script(service: str, rcd_dir: str, examples: str):
+    """rc.d script SERVICE is in RCD_DIR (copied from pkgsrc's EXAMPLES when the package did not)."""
+    if host.get_fact(RcdService, service=service, rcd_dir=rcd_dir)["script"]:
+        host.noop(f"{rcd_dir}/{service} is installed")
+        return
+    yield f"install -o root -g wheel -m 555 {examples}/{service} {rcd_dir}/{service}"
+
+
+@operation()
+def running(service: str, inputs: str, rcd_dir: str = "/etc/rc.d"):
+    """SERVICE runs, started with INPUTS: start it when it does not run, restart it when INPUTS changed."""
+    digest = ops.stamp_digest(inputs)
+    stamp = f"service-{service}"
+    status = host.get_fact(RcdService, service=service, rcd_dir=rcd_dir)
+    if status["running"] and host_state()["stamps"].get(stamp) == digest:
+        host.noop(f"{service} runs with its current configuration")
+        return
+    action = "restart" if status["running"] else "start"
+    yield from ops.stamp_commands(stamp, digest, [f"{rcd_dir}/{service} {action}"])
+
+
+@operation()
+def stopped(service: str, rcd_dir: str = "/etc/rc.d"):
+    """SERVICE does not run (onestop: it may already be disabled)."""
+    if not host.get_fact(RcdService, service=service, rcd_dir=rcd_dir)["running"]:
+        host.noop(f"{service} is not running")
+        return
+    yield f"{rcd_dir}/{service} onestop"
+
+
+def rc_conf(name: str, description: str, variables, enabled: bool = True) -> str:
+    """/etc/rc.conf.d/NAME: NAME=YES|NO, then every variable (values in double quotes, as
+    rc.conf has them: $(...) is evaluated when rc.d loads the file)."""
+    lines = [f"# {name}: {description}", "# Managed by qmailhost: every variable is set, whatever the rc.d defaults.",
+             f"{name}={'YES' if enabled else 'NO'}"]
+    lines += [f'{name}_{key}="{value}"' for key, value in variables]
+    return "\n".join(lines) + "\n"
+
+
+def declare(platform: Platform, service: Service) -> None:
+    """Enable and run rc.d service NAME with its variables; restart it when they or what it
+    reads at start change, reload it when only what it re-reads does."""
+    name = service.rcd.name
+    script(name=f"Install the rc.d script {name}", service=name, rcd_dir=platform.rcd_dir,
+           examples=platform.rcd_examples)
+    config = rc_conf(name, service.description, service.rcd.variables)
+    ops.whole_file(name=f"Configure {name} ({platform.rc_conf_d}/{name})", dest=f"{platform.rc_conf_d}/{name}",
+                   content=config)
+    running(name=f"Run {name} (restart on change)", service=name, inputs="\n".join([config, *service.reads_at_start]),
+            rcd_dir=platform.rcd_dir)
+    if service.reload_on:
+        status = f"{platform.rcd_dir}/{name} onestatus >/dev/null 2>&1"
+        ops.stamped(name=f"Reload {name}", stamp=f"service-{name}-h", inputs="\n".join(service.reload_on),
+                    commands=[f"if {status}; then {platform.rcd_dir}/{name} reload; fi"],
+                    description=f"reload {name}")
+    if service.replaces:
+        replaced, why = service.replaces
+        disabled(platform, rcd_name(replaced), why)
+
+
+def disabled(platform: Platform, name: str, why: str) -> None:
+    """rc.d service NAME is disabled (NAME=NO in its own rc.conf.d file) and stopped."""
+    ops.whole_file(name=f"Disable {name} ({platform.rc_conf_d}/{name})", dest=f"{platform.rc_conf_d}/{name}",
+                   content=rc_conf(name, why, [], enabled=False))
+    stopped(name=f"Stop {name}", service=name, rcd_dir=platform.rcd_dir)
+
+
+def rcd_name(name: str) -> str:
+    """qmail-run's name for a daemontools-style service name (qmail-ofmipd -> qmailofmipd)."""
+    return name.replace("-", "")
+
+
+def logging(tag: str) -> list[tuple[str, str]]:
+    """qmail-run's variables for a service logging to syslog as nbqmail/TAG."""
+    return [("log", "YES"), ("logcmd", f"logger -t nbqmail/{tag} -p mail.info")]
+
+
+def tcpserver(platform: Platform, hostname: str, user: str, host_: str, port: int, cdb: str,
+              datalimit: int) -> list[tuple[str, str]]:
+    """The tcpserver variables qmailsmtpd and qmailofmipd share: no ident or DNS lookups,
+    the host name as local name, the service's user (numeric, looked up when rc.d loads)."""
+    return [
+        ("postenv", ""),
+        ("datalimit", str(datalimit)),
+        ("pretcpserver", ""),
+        ("tcpserver", f"{platform.prefix}/bin/tcpserver"),
+        ("tcpflags", f"-v -R -H -l {hostname} -u $(id -u {user}) -g $(id -g {user})"),
+        ("tcphost", host_),
+        ("tcpport", str(port)),
+        ("tcprules", cdb.removesuffix(".cdb")),
+        ("autocdb", "NO"),  # qmailhost compiles the cdb when the rules change (core/tcprules.py)
+    ]
+
+
+def supervisor(platform: Platform) -> None:
+    """rc(8) starts services; the base system's MTA (postfix) must leave port 25 to qmail."""
+    for name in platform.conflicting_services:
+        disabled(platform, name, "the base system's MTA, replaced by qmail")
+
+
+def settle(platform: Platform) -> None:
+    """rc.d scripts start their services synchronously: nothing to wait for."""
+
+
+def restart_command(platform: Platform, name: str) -> str:
+    """The command restarting service NAME now, if it runs (for restore.py)."""
+    script = f"{platform.rcd_dir}/{rcd_name(name)}"
+    return f"if {script} onestatus >/dev/null 2>&1; then {script} restart; fi"
+
+
+# --- for the status checks (read-only) ----------------------------------------------------
+
+
+def status_script(platform: Platform, services: list) -> str:
+    """onestatus of each service's rc.d script (it prints "NAME is running as pid N.")."""
+    return "; ".join(f"printf '%s\\t' {s.rcd_name}; {platform.rcd_dir}/{s.rcd_name} onestatus 2>&1 | head -n 1"
+                     for s in services) + "; true"
+
+
+def parse_status(platform: Platform, services: list, output: str) -> dict[str, dict]:
+    """{name: {"up", "starting", "pid", "seconds", "words"}} from onestatus (no uptime on rc.d)."""
+    lines = dict(line.split("\t", 1) for line in output.splitlines() if "\t" in line)
+    status = {}
+    for service in services:
+        words = lines.get(service.rcd_name, "").strip() or "is missing"
+        pid = re.search(r"running as pid (\d+)", words)
+        status[service.name] = {"up": bool(pid), "words": words, "starting": False,
+                                "pid": pid.group(1) if pid else None, "seconds": None}
+    return status

@@ -1,0 +1,53 @@
+"""Services: one description of what a component runs, for every service backend.
+
+A component describes each of its services once (``Service``: its name, what it runs,
+what it reads at start, and the rc.d variables NetBSD's scripts need) and hands it to
+``declare``; the platform's backend, chosen once from its data, makes it so:
+backends/daemontools.py (Debian: run scripts under svscan) or backends/rcd.py (NetBSD:
+qmail-run's and stunnel's rc.d scripts, one /etc/rc.conf.d file each). Every backend:
+
+- ``supervisor(platform)``: what must run before any service (svscan; or stopping the
+  base system's MTA so port 25 is free);
+- ``declare(platform, service)``: the service is defined, enabled and running, restarted
+  when its definition or what it reads at start changed, reloaded when only what it
+  re-reads on a signal changed;
+- ``settle(platform)``: once every service is declared, wait until new ones run;
+- ``status_script(names)`` and ``parse_status(output)``: for the status checks, whether
+  each service runs, read-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+from qmailhost.core.platform import Platform
+
+
+@dataclass(frozen=True)
+class Rcd:
+    """The service on rc.d: its script's NAME and the VARIABLES its rc.conf.d file sets."""
+
+    name: str
+    variables: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # its daemontools directory, and its name in the status checks
+    description: str  # one line: what it is (the rc.conf.d file's header)
+    run: str  # daemontools: the whole run script
+    rcd: Rcd  # rc.d: the script and its variables
+    reads_at_start: tuple[str, ...] = ()  # besides its definition: a change restarts it
+    reload_on: tuple[str, ...] = ()  # a change here reloads it (qmail-send: HUP) instead
+    replaces: tuple[str, str] | None = None  # (name, why): a service that must not run beside it
+
+
+def backend(platform: Platform) -> ModuleType:
+    from qmailhost.backends import daemontools, rcd
+
+    return {"daemontools": daemontools, "rcd": rcd}[platform.service_backend]
+
+
+def declare(platform: Platform, service: Service) -> None:
+    backend(platform).declare(platform, service)

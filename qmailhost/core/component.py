@@ -1,0 +1,117 @@
+"""Components: what each folder of qmailhost declares, and what the core collects from it.
+
+A component is a folder, qmailhost/<name>/, whose package defines ``COMPONENT``. It
+declares its settings (with defaults and validation), the paths it manages (listed in
+one round trip), the probes it adds to the one HostState fact, the services it runs
+(for the status checks), its status checks, and what it adds to a backup. The core
+finds the folders itself (``components()``): adding a component is one new folder plus
+one line in deploy.py, never an edit to a central list.
+
+The framework contributes the same way: core.settings (the host and its accounts),
+core.facts (stamps), core.checks and core.recovery (their settings), and the platform's
+service backend (its probes and managed paths).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+FRAMEWORK = ("qmailhost.core.settings", "qmailhost.core.facts", "qmailhost.core.checks", "qmailhost.core.recovery")
+NOT_COMPONENTS = ("core", "backends")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its DEFAULT, and PARSE(raw value, settings parsed so far) giving the
+    validated value or raising SettingsError. PORT: a port, distinct from every other."""
+
+    name: str
+    default: Any
+    parse: Callable[[Any, dict], Any]
+    meaning: str
+    port: bool = False
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Lines of shell run inside the one HostState fact. SCRIPT(platform, settings) prints
+    lines "KEY<TAB>field<TAB>..."; PARSE(list of field lists) gives host_state()[KEY]."""
+
+    key: str
+    script: Callable[[Any, Any], str]
+    parse: Callable[[list[list[str]]], Any]
+    default: Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A service as the status checks see it: its daemontools name, its rc.d name, what it
+    is for, its port (None: none) and whether the Internet may reach it."""
+
+    name: str
+    rcd_name: str
+    role: str
+    port: int | None
+    public: bool
+
+
+@dataclass(frozen=True)
+class BackupPart:
+    """What a component adds to a backup: host PATHS (files or whole trees, shell words
+    such as ~alice/Maildir). A restore adds the files the host lacks under them, never
+    overwriting; or, with RESTORE(platform, settings, backup), the component puts its
+    files back itself (a key pair replaced whole, and its service restarted)."""
+
+    paths: Callable[[Any, Any], tuple[str, ...]]  # (settings, platform) -> paths
+    restore: Callable[[Any, Any, Any], None] | None = None
+
+
+def _none(*_args) -> tuple:
+    return ()
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    settings: tuple[Setting, ...] = ()
+    validate: Callable[[Any], None] | None = None  # checks across settings, once all are parsed
+    managed_roots: Callable[[Any], tuple[str, ...]] = _none  # platform -> ("DEPTH:PATH", ...)
+    probes: tuple[Probe, ...] = ()
+    listeners: Callable[[Any], tuple[Listener, ...]] = _none  # settings -> the services it runs
+    checks: tuple[Callable, ...] = ()
+    backup: BackupPart | None = None
+
+
+@cache
+def components() -> tuple[Component, ...]:
+    """The framework's declarations, then every component folder's, in name order."""
+    found = [importlib.import_module(name).COMPONENT for name in FRAMEWORK]
+    import qmailhost
+
+    for module in sorted(pkgutil.iter_modules(qmailhost.__path__), key=lambda m: m.name):
+        if module.ispkg and module.name not in NOT_COMPONENTS:
+            package = importlib.import_module(f"qmailhost.{module.name}")
+            if hasattr(package, "COMPONENT"):
+                found.append(package.COMPONENT)
+    return tuple(found)
+
+
+def for_platform(platform) -> tuple[Component, ...]:
+    """components(), plus what the platform's service backend declares."""
+    from qmailhost.backends import services
+
+    backend = services.backend(platform)
+    return (*components(), *([backend.COMPONENT] if hasattr(backend, "COMPONENT") else []))
+
+
+def every_probe() -> tuple[Probe, ...]:
+    """The probes of every component and of every service backend (to read any HostState)."""
+    from qmailhost.backends import daemontools, rcd
+
+    found = [*components(), *(getattr(b, "COMPONENT", None) for b in (daemontools, rcd))]
+    return tuple(probe for component in found if component for probe in component.probes)

@@ -1,0 +1,257 @@
+"""qmail (notqmail): users, build, control files, aliases, sendmail, qmail-send, the queue.
+
+notqmail is built from its pinned release into /var/qmail (Debian) or comes from
+pkgsrc's qmail package (NetBSD: the platform's builds_from_source decides). Its
+control files are managed as whole files (diffable with --dry --diff); qmail-send
+delivers to each user's ./Maildir/. Neighbours: qmail-smtpd (port 25, smtpd/) and
+ofmipd (submission/) queue through qmail-queue; qmail-send picks the mail up. Its
+status check watches the queue (queue.sh, read-only).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from qmailhost.backends import rcd, services
+from qmailhost.core import builds, ops
+from qmailhost.core.checks import ERROR, OK, WARNING, age
+from qmailhost.core.component import Component, Listener, Setting
+from qmailhost.core.platform import Platform
+from qmailhost.core.settings import FQDN, Settings, SettingsError, mapping, whole_number
+from qmailhost.core.templates import render
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where this platform's sendmail comes from, and what qmail-run's rc.d scripts read."""
+
+    sendmail_links: tuple[str, ...]  # links to qmail's sendmail
+    mailer_conf: str | None  # NetBSD's mailwrapper(8) configuration, when it has one
+    connection_limit_files: tuple[tuple[str, str], ...]  # control files with tcpserver's limits (qmail-run)
+
+
+NETBSD_MAILER_CONF = """\
+# mailwrapper(8): qmail's programs (managed by qmailhost; NetBSD's was postfix's)
+sendmail	/usr/pkg/bin/sendmail
+send-mail	/usr/pkg/bin/sendmail
+mailq		/usr/pkg/bin/qmail-qread
+"""
+PATHS = {
+    "debian": Paths(("/usr/sbin/sendmail", "/usr/lib/sendmail"), None, ()),
+    "netbsd": Paths((), NETBSD_MAILER_CONF, (("concurrencyincoming", "smtp_connections"),
+                                             ("concurrencysubmission", "submission_connections"))),
+}
+
+# notqmail's INSTALL.ids: group nofiles for the unprivileged daemons, qmail for the queue.
+GROUPS = ("nofiles", "qmail")
+USERS = (  # (user, group, home)
+    ("alias", "nofiles", "alias"),
+    ("qmaild", "nofiles", ""),
+    ("qmaill", "nofiles", ""),
+    ("qmailp", "nofiles", ""),
+    ("qmailq", "qmail", ""),
+    ("qmailr", "qmail", ""),
+    ("qmails", "qmail", ""),
+)
+
+
+def users(platform: Platform) -> None:
+    for group in GROUPS:
+        ops.group(name=f"Create group {group}", group=group, tools=platform.accounts)
+    for user, group, home in USERS:
+        ops.user(
+            name=f"Create user {user}", user=user, group=group, system=True,
+            home=f"{platform.qmail_home}/{home}".rstrip("/"), shell=platform.nologin, tools=platform.accounts,
+        )
+
+
+def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, str]) -> None:
+    if "notqmail" not in platform.builds_from_source:
+        return  # a package provides it (tasks/packages.py)
+    builds.build(
+        "notqmail", "Build and install notqmail", "qmail/build.sh",
+        args=[distfiles["notqmail"]], inputs=[checksums["notqmail"], platform.qmail_home],
+    )
+
+
+def control_files(settings: Settings, platform: Platform | None = None) -> dict[str, str | None]:
+    """Every control file qmailhost manages: name -> content (None: must be absent)."""
+    locals_ = [settings.hostname, "localhost", *settings.domains]
+    limits = {name: str(getattr(settings, setting)) for name, setting in
+              (PATHS[platform.name].connection_limit_files if platform else ())}
+    return {
+        "me": settings.hostname,
+        "defaultdomain": settings.primary_domain,
+        "defaulthost": settings.primary_domain,
+        "plusdomain": settings.primary_domain,
+        "locals": "\n".join(dict.fromkeys(locals_)),
+        "rcpthosts": "\n".join(dict.fromkeys([*locals_, *settings.virtualdomains])),
+        "virtualdomains": "\n".join(f"{d}:{p}" for d, p in settings.virtualdomains.items()) or None,
+        "smtproutes": "\n".join(f"{d}:{r}" for d, r in settings.smtproutes.items()) or None,
+        "databytes": str(settings.databytes),
+        "concurrencyremote": str(settings.concurrency_remote),
+        "concurrencylocal": str(settings.concurrency_local),
+        "defaultdelivery": "./Maildir/",
+        **limits,  # qmail-run's rc.d scripts read tcpserver's connection limits here
+    }
+
+
+# What qmail-send reads only at start (a restart applies them) and what it re-reads on
+# HUP; everything else is read by each new qmail-smtpd, ofmipd or qmail-remote process.
+READ_AT_START = ("me", "defaultdomain", "defaulthost", "plusdomain", "concurrencyremote",
+                 "concurrencylocal", "defaultdelivery")
+READ_ON_HUP = ("locals", "virtualdomains")
+
+
+def configure(platform: Platform, settings: Settings) -> dict[str, str]:
+    """Write the control files; returns them for the services' restart fingerprints."""
+    control = control_files(settings, platform)
+    for name, content in control.items():
+        path = f"{platform.control_dir}/{name}"
+        if content is None:
+            ops.absent_file(name=f"Remove control/{name}", path=path)
+        else:
+            ops.whole_file(name=f"Write control/{name}", dest=path, content=content + "\n")
+    ops.whole_file(
+        name="Write /var/qmail/rc", dest=f"{platform.qmail_home}/rc", mode="755",
+        content="#!/bin/sh\n# qmail-send's start: deliver to ./Maildir/ (control/defaultdelivery)\n"
+                f"exec env - PATH=\"{platform.qmail_home}/bin:$PATH\" "
+                f"qmail-start \"$(cat {platform.control_dir}/defaultdelivery)\"\n",
+    )
+    return {name: content or "" for name, content in control.items()}
+
+
+def aliases(platform: Platform, settings: Settings) -> None:
+    for alias, account in sorted(settings.aliases.items()):
+        ops.whole_file(
+            name=f"Alias {alias} to {account}", dest=f"{platform.qmail_home}/alias/.qmail-{alias}",
+            content=f"&{account}@{settings.primary_domain}\n",
+        )
+
+
+def sendmail(platform: Platform) -> None:
+    """sendmail is qmail's: links (Debian), or mailwrapper's /etc/mailer.conf (NetBSD)."""
+    paths = PATHS[platform.name]
+    for path in paths.sendmail_links:
+        ops.link(name=f"Point {path} at qmail's", path=path, target=f"{platform.qmail_home}/bin/sendmail")
+    if paths.mailer_conf is not None:
+        ops.whole_file(name="Point mailwrapper at qmail (/etc/mailer.conf)", dest="/etc/mailer.conf",
+                       content=paths.mailer_conf)
+
+
+def service(platform: Platform, control: dict[str, str], notqmail_checksum: str) -> None:
+    """qmail-send: restarted when what it reads at start changes, reloaded (HUP: it re-reads
+    locals and virtualdomains) when only those change."""
+    services.declare(platform, services.Service(
+        name="qmail-send", description="qmail-send, delivering the queue (locally to ./Maildir/)",
+        run=render("qmail/qmail-send.run", qmail_home=platform.qmail_home),
+        rcd=services.Rcd("qmailsend", (
+            ("postenv", f"PATH={platform.qmail_bin}:/usr/bin:/bin"),
+            ("defaultdelivery", "./Maildir/"),
+            *rcd.logging("send"),
+        )),
+        reads_at_start=(notqmail_checksum, *(control[name] for name in READ_AT_START)),
+        reload_on=tuple(control[name] for name in READ_ON_HUP),
+    ))
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+def _aliases(value, values: dict) -> dict[str, str]:
+    accounts = values["accounts"]
+    names = {a.name for a in accounts}
+    aliases = dict(mapping("aliases", value))
+    if accounts:
+        for alias in ALIAS_NAMES:
+            aliases.setdefault(alias, accounts[0].name)
+    for alias, target in aliases.items():
+        if not isinstance(alias, str) or not _LOCALPART.match(alias):
+            raise SettingsError("aliases", f"{alias!r} is not a valid local part",
+                                "use lower-case letters, digits and . _ + -")
+        if target not in names:
+            raise SettingsError("aliases", f"{alias} points at {target!r}, which is not an account",
+                                f"point it at one of: {', '.join(sorted(names)) or '(add an account)'}")
+    missing = [a for a in ALIAS_NAMES if a not in aliases]
+    if missing:
+        raise SettingsError("aliases", f"{missing[0]} has nowhere to go",
+                            "add an account (it becomes the default target) or set the alias")
+    return aliases
+
+
+def _virtualdomains(value, _values=None) -> dict[str, str]:
+    entries = mapping("virtualdomains", value)
+    for domain, prefix in entries.items():
+        if not FQDN.match(str(domain)) or not _LOCALPART.match(str(prefix)):
+            raise SettingsError("virtualdomains", f"{domain!r}: {prefix!r} is not domain: prefix",
+                                "use entries like {\"lists.example.org\": \"alice-lists\"}")
+    return dict(entries)
+
+
+def _smtproutes(value, _values=None) -> dict[str, str]:
+    entries = mapping("smtproutes", value)
+    for domain, relay in entries.items():
+        if (domain and not FQDN.match(str(domain))) or not re.match(r"^[a-z0-9.\[\]-]+(:\d+)?$", str(relay)):
+            raise SettingsError("smtproutes", f"{domain!r}: {relay!r} is not domain: relayhost[:port]",
+                                "use entries like {\"\": \"smarthost.example.net\"}")
+    return dict(entries)
+
+
+def _hours(value, _values=None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise SettingsError("queue_max_age_hours", f"{value!r} is not a number of hours",
+                            "set it to 0 or more, e.g. 24")
+    return value
+
+
+def _count(value, _values=None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SettingsError("queue_warn_messages", f"{value!r} is not a whole number", "set it to 0 or more, e.g. 50")
+    return value
+
+
+ALIAS_NAMES = ("postmaster", "root", "mailer-daemon", "abuse")
+_LOCALPART = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,63}$")
+
+
+# --- status check ---------------------------------------------------------------------------
+
+
+def check_queue(target):
+    """The queue is not piling up and nothing in it is stuck."""
+    platform = target.platform
+    output = target.run(render("qmail/queue.sh", qmail_home=platform.qmail_home,
+                               mtimes=platform.shell.find_mtimes)).split()
+    count, todo, oldest = (int(n) for n in output[-3:])
+    summary = f"{count} message{'s' if count != 1 else ''} ({todo} not yet preprocessed)"
+    limit_hours, limit_count = target.settings.queue_max_age_hours, target.settings.queue_warn_messages
+    if count and oldest > limit_hours * 3600:
+        return ERROR, f"{summary}, oldest {age(oldest)} > queue_max_age_hours={limit_hours}"
+    if count > limit_count:
+        return WARNING, f"{summary} > queue_warn_messages={limit_count}"
+    return OK, summary + (f", oldest {age(oldest)}" if count else "")
+
+
+COMPONENT = Component(
+    name="qmail",
+    settings=(
+        Setting("aliases", {}, _aliases,
+                "`~alias/.qmail-NAME` forwards; default: postmaster, root, mailer-daemon, abuse → first account"),
+        Setting("virtualdomains", {}, _virtualdomains,
+                "`control/virtualdomains` entries (`{\"lists.example.org\": \"alice-lists\"}`)"),
+        Setting("smtproutes", {}, _smtproutes, "`control/smtproutes` entries (`{\"\": \"smarthost.example.net\"}`)"),
+        Setting("databytes", 20_000_000, whole_number("databytes", 1_000, 2**31 - 1),
+                "largest message accepted (bytes)"),
+        Setting("concurrency_remote", 20, whole_number("concurrency_remote", 1, 120),
+                "qmail-send's parallel remote deliveries"),
+        Setting("concurrency_local", 10, whole_number("concurrency_local", 1, 120),
+                "qmail-send's parallel local deliveries"),
+        Setting("queue_max_age_hours", 24, _hours, "status check error when the oldest queued message is older"),
+        Setting("queue_warn_messages", 50, _count, "status check warning when more messages wait in the queue"),
+    ),
+    managed_roots=lambda p: (f"1:{p.control_dir}", f"1:{p.qmail_home}/alias", f"0:{p.qmail_home}/rc",
+                             *(f"0:{link}" for link in PATHS[p.name].sendmail_links)),
+    listeners=lambda settings: (Listener("qmail-send", "qmailsend", "queue delivery", None, public=False),),
+    checks=(check_queue,),
+)

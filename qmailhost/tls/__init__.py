@@ -1,0 +1,206 @@
+"""TLS: the certificate and key stunnel (stunnel/) offers on the submission port.
+
+Either a pair from the laptop (the key transferred as a secret: never diffed or
+printed), or a self-signed pair generated on the host once, kept across runs, and
+made again only when the host name changes. The key never leaves the host it is on,
+except into a backup: a self-signed pair is carried by backups and put back by a
+restore (stunnel restarted only when it changed). Its status checks: the certificate
+served names the host and is not about to expire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pyinfra import host, logger
+from pyinfra.api import operation
+from pyinfra.operations import server
+from pyinfra.operations.util import any_changed
+
+from qmailhost.backends import services
+from qmailhost.core import ops
+from qmailhost.core.checks import ERROR, OK, SKIPPED, TIMEOUT, WARNING, Failed, one_line
+from qmailhost.core.component import BackupPart, Component, Probe, Setting
+from qmailhost.core.facts import host_state
+from qmailhost.core.platform import Platform
+from qmailhost.core.settings import Settings, SettingsError
+
+CERT_WARN_DAYS, CERT_ERROR_DAYS = 21, 7
+
+
+def paths(platform: Platform) -> tuple[str, str]:
+    return f"{platform.tls_dir}/cert.pem", f"{platform.tls_dir}/key.pem"
+
+
+@operation()
+def self_signed_certificate(hostname: str, cert: str, key: str, days: int = 825):
+    """A self-signed certificate for HOSTNAME, made only when none for that name exists."""
+    if host_state()["cert_cn"] == hostname:
+        host.noop(f"the certificate for {hostname} exists")
+        return
+    new_cert, new_key = shlex.quote(cert + ".qmailhost-new"), shlex.quote(key + ".qmailhost-new")
+    yield f"mkdir -p {shlex.quote(cert.rsplit('/', 1)[0])} && chmod 755 {shlex.quote(cert.rsplit('/', 1)[0])}"
+    yield (f"umask 077 && openssl req -x509 -newkey rsa:3072 -sha256 -nodes -days {days} -subj /CN={hostname} "
+           f"-addext subjectAltName=DNS:{hostname} -keyout {new_key} -out {new_cert} 2>/dev/null")
+    yield f"chmod 644 {new_cert} && mv -f {new_key} {shlex.quote(key)} && mv -f {new_cert} {shlex.quote(cert)}"
+
+
+def configure(platform: Platform, settings: Settings) -> str:
+    """Put the pair in place; returns its fingerprint (what stunnel's restart depends on)."""
+    cert, key = paths(platform)
+    if settings.self_signed:
+        self_signed_certificate(name=f"Make a self-signed certificate for {settings.hostname}",
+                                hostname=settings.hostname, cert=cert, key=key)
+        return f"self-signed for {settings.hostname}"
+    cert_data, key_data = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
+    ops.whole_file(name="Install the TLS certificate", dest=cert, content=cert_data.decode())
+    ops.secret_file(name="Install the TLS key", dest=key, data=key_data, mode="600")
+    return hashlib.sha256(cert_data + key_data).hexdigest()
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+def _readable(setting: str, value) -> Path:
+    path = Path(os.path.expanduser(str(value)))
+    try:
+        path.read_bytes()
+    except OSError as error:
+        raise SettingsError(setting, f"{path} cannot be read ({error.strerror})",
+                            "point it at a readable PEM file on this laptop") from None
+    return path
+
+
+def _tls_cert(value, _values=None) -> Path | None:
+    return None if value is None else _readable("tls_cert", value)
+
+
+def _tls_key(value, values: dict) -> Path | None:
+    cert = values["tls_cert"]
+    if cert is None and value is None:
+        return None
+    if cert is None or value is None:
+        missing = "tls_cert" if cert is None else "tls_key"
+        raise SettingsError(missing, "only one of tls_cert and tls_key is set",
+                            "set both, or neither for a self-signed pair")
+    key = _readable("tls_key", value)
+    cert_key = _openssl("x509", "-noout", "-pubkey", "-in", str(cert))
+    if cert_key is None:
+        raise SettingsError("tls_cert", f"{cert} is not a PEM certificate",
+                            "point it at the certificate (PEM), not the key or a chain in another format")
+    key_key = _openssl("pkey", "-pubout", "-in", str(key))
+    if key_key is None:
+        raise SettingsError("tls_key", f"{key} is not an unencrypted PEM private key",
+                            "point it at the private key (PEM, no passphrase)")
+    if cert_key != key_key:
+        raise SettingsError("tls_key", "the key does not match the certificate in tls_cert",
+                            "use the key the certificate was issued for")
+    return key
+
+
+def _openssl(*args: str) -> str | None:
+    """Run openssl locally; its stdout, or None on failure. Never echoes key material."""
+    result = subprocess.run(["openssl", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return result.stdout if result.returncode == 0 else None
+
+
+# --- backup and restore ---------------------------------------------------------------------
+
+
+def restore(platform: Platform, settings: Settings, backup) -> None:
+    """The self-signed pair from BACKUP when the host's differs; stunnel restarted only then."""
+    cert_path, key_path = paths(platform)
+    files = backup.host_files()
+    cert, key = files.get(cert_path), files.get(key_path)
+    if cert is None or key is None:
+        host.log("The backup holds no TLS pair (the inventory's pair was in use): none to restore", logger.info)
+        return
+    if not settings.self_signed:
+        host.log("tls_cert and tls_key are set: the inventory's pair stays, the backup's is not restored",
+                 logger.warning)
+        return
+    cert_op = ops.whole_file(name="Restore the TLS certificate", dest=cert_path, content=backup.read(cert).decode(),
+                             mode=cert.mode, user=cert.owner, group=cert.group)
+    key_op = ops.secret_file(name="Restore the TLS key", dest=key_path, data=backup.read(key), mode=key.mode,
+                             user=key.owner, group=key.group)
+    server.shell(name="Restart stunnel (the TLS pair changed)", _if=any_changed(cert_op, key_op),
+                 commands=[services.backend(platform).restart_command(platform, "stunnel")])
+
+
+# --- status checks --------------------------------------------------------------------------
+
+
+def check_certificate_name(target):
+    """The certificate names the host (SAN, or CN without one)."""
+    hostname = target.settings.hostname
+    text = _openssl_x509(target.certificate, "-subject", "-issuer", "-checkhost", hostname, "-nameopt", "RFC2253")
+    if text is None:
+        return SKIPPED, "no openssl on this laptop to read the certificate"
+    if "does match certificate" not in text:
+        return ERROR, f"the certificate does not name {hostname} ({_field(text, 'subject')})"
+    self_signed = _field(text, "subject") == _field(text, "issuer")
+    return OK, f"names {hostname}" + (" (self-signed)" if self_signed else f", issued by {_field(text, 'issuer')}")
+
+
+def check_certificate_expiry(target):
+    """The certificate is not about to expire."""
+    text = _openssl_x509(target.certificate, "-enddate")
+    if text is None:
+        return SKIPPED, "no openssl on this laptop to read the certificate"
+    not_after = _field(text, "notAfter")
+    days = int((ssl.cert_time_to_seconds(not_after) - time.time()) // 86400)
+    if days < 0:
+        return ERROR, f"expired {-days} days ago ({not_after})"
+    if days < CERT_ERROR_DAYS:
+        return ERROR, f"expires in {days} days ({not_after})"
+    if days < CERT_WARN_DAYS:
+        return WARNING, f"expires in {days} days ({not_after})"
+    return OK, f"expires in {days} days"
+
+
+def _openssl_x509(der: bytes, *args: str) -> str | None:
+    """openssl x509 on this laptop over a certificate (public data); None without openssl."""
+    with tempfile.NamedTemporaryFile(suffix=".der") as file:
+        file.write(der)
+        file.flush()
+        try:
+            result = subprocess.run(["openssl", "x509", "-inform", "DER", "-in", file.name, "-noout", *args],
+                                    capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=TIMEOUT)
+        except FileNotFoundError:
+            return None
+    if result.returncode != 0:
+        raise Failed(f"openssl cannot read the certificate: {one_line(result.stderr)}")
+    return result.stdout
+
+
+def _field(text: str, name: str) -> str:
+    match = re.search(rf"^{name}\s*=\s*(.*)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else "?"
+
+
+def _cert_probe(platform: Platform, settings: Settings) -> str:
+    cert = shlex.quote(paths(platform)[0])
+    return (f"[ -f {cert} ] && printf 'cert_cn\\t%s\\n' \"$(openssl x509 -noout -subject -nameopt multiline "
+            f"-in {cert} 2>/dev/null | sed -n 's/^ *commonName *= *//p')\"")
+
+
+COMPONENT = Component(
+    name="tls",
+    settings=(
+        Setting("tls_cert", None, _tls_cert,
+                "PEM certificate on the laptop; unset (with `tls_key`): self-signed, made on the host once"),
+        Setting("tls_key", None, _tls_key, "PEM key on the laptop, matching `tls_cert`"),
+    ),
+    probes=(Probe("cert_cn", _cert_probe, lambda lines: "\t".join(lines[0]), lambda: None),),
+    checks=(check_certificate_name, check_certificate_expiry),
+    backup=BackupPart(paths=lambda settings, platform: paths(platform) if settings.self_signed else (),
+                      restore=restore),
+)

@@ -1,1 +1,0 @@
-"""qmailhost's tasks: one module per component; deploy.py calls them in order."""
