@@ -8,6 +8,7 @@ installed by a package (NetBSD), whose owner and mode are then set the same way.
 """
 
 from qmailhost.core import builds, ops
+from qmailhost.core.component import Component
 from qmailhost.core.platform import Platform
 
 SERVICE_GROUP = "ofmipd"
@@ -27,3 +28,6 @@ def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, 
         args=[distfiles["checkpassword"], program(platform), SERVICE_GROUP],
         inputs=[checksums["checkpassword"]],
     )
+
+
+COMPONENT = Component(name="checkpassword")  # builds only: nothing to check or back up of its own

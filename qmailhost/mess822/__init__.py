@@ -7,6 +7,7 @@ the stock one behind spamdyke.
 """
 
 from qmailhost.core import builds
+from qmailhost.core.component import Component
 from qmailhost.core.platform import Platform
 
 # (stock ofmipd, ofmipd with SMTP AUTH) on each platform.
@@ -29,3 +30,6 @@ def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, 
         args=[distfiles["mess822"], distfiles["mess822-auth-patch"], platform.prefix],
         inputs=[checksums["mess822"], checksums["mess822-auth-patch"]],
     )
+
+
+COMPONENT = Component(name="mess822")  # builds only: nothing to check or back up of its own

@@ -1,0 +1,100 @@
+"""The status checks on the model NetBSD host (harness/netbsd_host.py): after a deploy of
+deploy.py, the checks that ask the host something over SSH send only NetBSD commands
+(rc.d's onestatus, BSD stat, the NetBSD TMDA pieces script, no svstat or GNU find) and
+report ok; the others never touch the host's shell (they are network probes, the same
+on every platform, proven against a real Debian host in tests/test_verify.py).
+"""
+
+from __future__ import annotations
+
+import re
+from unittest import mock
+
+import pytest
+
+from harness.netbsd_host import NetBSDHost
+from harness.plan_harness import plan_deploy
+from qmailhost.core import checks
+from qmailhost.core.platform import netbsd
+from qmailhost.core.settings import Settings
+from qmailhost.core.templates import read
+
+LINUX_ONLY = ("svstat", "svok", "/etc/service", "-printf", "getent shadow", "sha256sum", "stat -c", "dpkg",
+              "/etc/init.d", "systemctl")
+DATA = {"hostname": "mail.example.org", "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}]}
+HOST_SIDE = {"services_up", "queue", "no_tmda_leftovers", "submission_mode"}
+
+
+class CheckedHost(NetBSDHost):
+    """The model host, answering the read-only commands the status checks send."""
+
+    sent: list[str]
+
+    def shell(self, command: str) -> tuple[bool, str]:
+        self.sent.append(command)
+        if status := re.findall(r"printf '%s\\t' (\w+); /etc/rc.d/\1 onestatus 2>&1 \| head -n 1", command):
+            return True, "".join(f"{name}\t{name} is running as pid {100 + i}.\n" if name in self.running
+                                 else f"{name}\t{name} is not running.\n" for i, name in enumerate(status))
+        if command.startswith("# qmail's queue") and "find mess -type f -exec stat -f %m {} +" in command:
+            return True, "0 0 0\n"
+        if command == read("tmda/netbsd-pieces.sh"):
+            return True, "".join(f"{kind}\t{path}\n" for kind, path in self.tmda_pieces)
+        if command == "cat /var/lib/qmailhost/submission-mode 2>/dev/null || true":
+            return True, self.contents.get("/var/lib/qmailhost/submission-mode", "")
+        raise AssertionError(f"the NetBSD model does not know this check command: {command[:200]}")
+
+
+@pytest.fixture
+def deployed(monkeypatch):
+    monkeypatch.setenv("QMAILHOST_TEST_PASSWORD", "correct horse")
+    host = CheckedHost()
+    host.sent = []
+    host.apply(plan_deploy(DATA, host.answer))
+    return host, Settings.from_host_data(DATA, inventory_name="mail.example.org")
+
+
+def host_side_checks():
+    return [c for c in checks.all_checks(netbsd("10")) if checks.check_name(c) in HOST_SIDE]
+
+
+def test_after_a_deploy_the_host_side_checks_are_ok_and_speak_netbsd(deployed):
+    host, settings = deployed
+    target = checks.Target(settings, netbsd("10"), "model.invalid", shell=host.shell)
+    results = {r.name: (r.status, r.reason) for r in checks.run_checks(target, host_side_checks())}
+    assert set(results) == HOST_SIDE
+    assert all(status == checks.OK for status, _ in results.values()), results
+    assert results["services_up"][1] == ("all up: qmail-send pid 100, qmail-smtpd pid 101, "
+                                         "stunnel pid 102, qmail-ofmipd pid 103")
+    for command in host.sent:
+        for linux in LINUX_ONLY:
+            assert linux not in command, f"{linux!r} in a NetBSD check command: {command[:200]}"
+
+
+def test_a_stopped_service_and_a_tmda_piece_are_errors_on_netbsd(deployed):
+    host, settings = deployed
+    host.running.discard("qmailsmtpd")
+    host.tmda_pieces = [("rcscript", "/etc/rc.d/tofmipd")]
+    target = checks.Target(settings, netbsd("10"), "model.invalid", shell=host.shell)
+    results = {r.name: (r.status, r.reason) for r in checks.run_checks(target, host_side_checks())}
+    assert results["services_up"] == (checks.ERROR, "qmail-smtpd qmailsmtpd is not running.")
+    assert results["no_tmda_leftovers"] == (checks.ERROR, "TMDA left behind: /etc/rc.d/tofmipd (rcscript)")
+    assert results["queue"][0] == results["submission_mode"][0] == checks.OK
+
+
+def test_every_other_check_is_a_network_probe_that_never_asks_the_host(deployed):
+    """What the host-side list leaves out must not depend on the platform's shell."""
+    _, settings = deployed
+
+    def no_shell(command):
+        raise AssertionError(f"a network check ran a host command: {command}")
+
+    target = checks.Target(settings, netbsd("10"), "model.invalid", shell=no_shell)
+    others = [c for c in checks.all_checks(netbsd("10")) if checks.check_name(c) not in HOST_SIDE]
+    assert len(others) >= 12
+    refused = OSError("no network to a model host")
+    with mock.patch("smtplib.SMTP.__init__", side_effect=refused), \
+            mock.patch("socket.create_connection", side_effect=refused), \
+            mock.patch("qmailhost.core.dns.Dns.lookup", side_effect=refused):
+        for check in others:
+            result = checks._run_one(check, target)  # an AssertionError from no_shell would propagate
+            assert result.status in (checks.ERROR, checks.SKIPPED, checks.OK), result
