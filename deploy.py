@@ -18,6 +18,7 @@ from qmailhost import (
     checkpassword,
     mess822,
     qmail,
+    resolver,
     smtpd,
     spamdyke,
     stunnel,
@@ -56,14 +57,15 @@ control = qmail.configure(platform, settings)
 qmail.aliases(platform, settings)
 qmail.sendmail(platform)
 accounts.configure(platform, settings)
-tls_fingerprint = tls.configure(platform, settings)
+tls_pair = tls.configure(platform, settings)
 
 # Services (daemontools or rc.d: qmailhost/backends/services.py)
 services.backend(platform).supervisor(platform)
 qmail.service(platform, control, checksums.get("notqmail", "pkgsrc"))
+resolver.configure(platform, settings)
 smtpd.configure(platform, settings)
 submission.configure(platform, settings, mode)
-stunnel.configure(platform, settings, tls_fingerprint, mode)
+stunnel.configure(platform, settings, tls_pair, mode)
 services.backend(platform).settle(platform)
 
 # Status checks from outside, once the last operation has run (verify_after_deploy=false skips them)

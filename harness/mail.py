@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+import subprocess
 import time
 import uuid
 from email.message import EmailMessage
 
-from harness.sandbox import Host
+from harness.sandbox import SANDBOX_DOMAIN, Host
 
 
 def tls_context(minimum: ssl.TLSVersion | None = None, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
@@ -31,17 +32,40 @@ def message(sender: str, recipient: str, subject: str | None = None) -> EmailMes
     return msg
 
 
-def submit(host: Host, user: str, password: str, msg: EmailMessage, mechanism: str = "PLAIN",
+def submit(host: Host, user: str, password: str, msg: EmailMessage, mechanism: str | None = None,
            port: int = 587) -> None:
-    """Submit MSG on PORT with STARTTLS and AUTH MECHANISM (raises on any refusal)."""
+    """Submit MSG on PORT as a mail client does: STARTTLS, EHLO again, then log in with what
+    that EHLO offers (smtplib's login(), which refuses a server that offers no AUTH), or with
+    MECHANISM as a client set to it would (refused unless the EHLO offers it). Raises on any refusal."""
     with smtplib.SMTP(host.address, port, timeout=30) as client:
         client.ehlo("laptop.test")
         client.starttls(context=tls_context())
         client.ehlo("laptop.test")
-        client.user, client.password = user, password
-        auth = client.auth_plain if mechanism == "PLAIN" else client.auth_login
-        client.auth(mechanism, auth, initial_response_ok=mechanism == "PLAIN")
+        if mechanism is None:
+            client.login(user, password)
+        else:
+            offered = client.esmtp_features.get("auth", "").upper().split()
+            if mechanism not in offered:
+                raise smtplib.SMTPNotSupportedError(f"AUTH {mechanism} is not offered after STARTTLS ({offered})")
+            client.user, client.password = user, password
+            auth = client.auth_plain if mechanism == "PLAIN" else client.auth_login
+            client.auth(mechanism, auth, initial_response_ok=mechanism == "PLAIN")
         client.send_message(msg)
+
+
+def swaks(host: Host, user: str, password: str, subject: str, port: int = 587, tls: str = "--tls",
+          auth: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Submit a message with swaks, as its users do: `--tls` (STARTTLS) or `--tls-on-connect`
+    (TLS from the first byte), `--auth` (the mechanism swaks picks from what the EHLO offers,
+    or AUTH). Its output is the whole transaction as swaks saw it."""
+    argv = ["swaks", "--server", host.address, "--port", str(port), tls, "--tls-protocol", "tlsv1_2,tlsv1_3",
+            "--auth", *([auth] if auth else []), "--auth-user", user, "--auth-password", password,
+            "--from", f"{user}@{SANDBOX_DOMAIN}", "--to", f"{user}@{SANDBOX_DOMAIN}",
+            "--header", f"Subject: {subject}", "--body", "Sent with swaks by qmailhost's tests.", "--timeout", "30"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+    if check and result.returncode != 0:
+        raise AssertionError(f"swaks exited {result.returncode}: {(result.stdout + result.stderr)[-1500:]}")
+    return result
 
 
 def submit_when_up(host: Host, user: str, password: str, msg: EmailMessage, timeout: float = 20) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from harness.plan_harness import DEFAULT
 
 PACKAGE_RC_SCRIPTS = {"qmail-run": ("qmailsend", "qmailsmtpd", "qmailofmipd", "qmailpop3d", "qmailqread"),
-                      "stunnel": ("stunnel",), "tmda": ("tofmipd",)}
+                      "stunnel": ("stunnel",), "tmda": ("tofmipd",), "unbound": ("unbound",)}
 STAMPS = "/var/lib/qmailhost/stamps"
 
 
@@ -40,7 +40,7 @@ class NetBSDHost:
     stamps: dict[str, str] = field(default_factory=dict)
     rc_scripts: set[str] = field(default_factory=lambda: {"postfix"})
     running: set[str] = field(default_factory=lambda: {"postfix"})
-    cert_cn: str | None = None
+    cert: dict | None = None  # the self-signed certificate: {"cn", "sha256", "renew"}
     tmda_pieces: list[tuple[str, str]] = field(default_factory=list)
     tmda_archive: dict | None = None
     executed: list[str] = field(default_factory=list)
@@ -88,7 +88,7 @@ class NetBSDHost:
         return {"systemd": False, "svscan": False, "stamps": dict(self.stamps),
                 "mode": mode.strip() if mode else None,
                 "accounts": {u: self.accounts[u] for u in users if u in self.accounts},
-                "cert_cn": self.cert_cn}
+                "cert": copy.deepcopy(self.cert)}
 
     def _fact_Accounts(self):
         return {"users": copy.deepcopy(self.users), "groups": {g: str(100 + i) for i, g in enumerate(sorted(self.groups))}}
@@ -136,10 +136,12 @@ class NetBSDHost:
         elif m := re.fullmatch(r"/usr/pkg/bin/tcprules (\S+) \1\.tmp < (\S+)", command):
             cdb, rules = m.groups()  # the model's cdb: the digest of the rules it was compiled from
             self.files[cdb] = {"sha256": sha256(self.contents[rules]), "mode": "644", "user": "root", "group": "wheel"}
-        elif m := re.fullmatch(rf'mkdir -p {STAMPS} && echo "(\w+) \$\(openssl dgst -sha256 -r < (\S+) \| cut -c1-64\)" '
-                               rf"> {STAMPS}/(\S+)\.new && mv -f {STAMPS}/\3\.new {STAMPS}/\3", command):
+        elif m := re.fullmatch(rf'(?:mkdir -p {STAMPS} && )?echo "(\w+) \$\(openssl dgst -sha256 -r < (\S+) '
+                               rf'\| cut -c1-64\)" > {STAMPS}/(\S+)\.new && mv -f {STAMPS}/\3\.new {STAMPS}/\3', command):
             digest, cdb, stamp = m.groups()
             self.stamps[stamp] = f"{digest} {self.files[cdb]['sha256']}"
+        elif re.fullmatch(r"\(umask 077 && rm -f (\S+) && : > \1\)", command):
+            pass  # an empty private file, filled by the upload that follows
         elif command.startswith("mkdir -p "):
             path = command.split()[2]
             if command == f"mkdir -p {path}" and path.startswith("/home/"):
@@ -197,8 +199,10 @@ class NetBSDHost:
             self.accounts[user] = {"salt": hashed.rsplit("$", 1)[0], "hash_sha256": sha256(hashed)}
         elif command.startswith("mkdir -p /usr/pkg/etc/qmailhost/tls && chmod 755"):
             pass
-        elif m := re.search(r"openssl req .* -subj /CN=(\S+) ", command):
-            self.cert_cn = m[1]
+        elif m := re.search(r"openssl req .* -subj /CN=(\S+) .* -out (\S+)\.qmailhost-new", command):
+            made = sha256(f"{m[1]} {len(self.executed)}")  # each certificate made is another
+            self.cert = {"cn": m[1], "sha256": made, "renew": False}
+            self.files[m[2]] = {"sha256": made, "mode": "644", "user": "root", "group": "wheel"}
         elif command.startswith("chmod 644 ") and "mv -f" in command:
             pass  # the self-signed pair moved into place
         elif command == "sh /var/lib/qmailhost/tmda/netbsd-retire.sh":

@@ -9,11 +9,12 @@ import re
 import smtplib
 import threading
 import time
+import uuid
 
 import pytest
 
 from harness import sandbox
-from harness.mail import message, submit, submit_when_up, tls_context, wait_for_delivery
+from harness.mail import message, submit, submit_when_up, swaks, tls_context, wait_for_delivery
 from harness.pyinfra_cli import pyinfra
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
@@ -155,11 +156,14 @@ def switch(host: sandbox.Host, mode: str) -> None:
 
 
 def assert_submission_guarded(host: sandbox.Host, refusal: bytes) -> None:
+    """Real clients can log in and send in this mode; nobody else can."""
     with smtplib.SMTP(host.address, 587, timeout=30) as client:
         client.ehlo("laptop.test")
         assert "auth" not in client.esmtp_features
         client.starttls(context=tls_context())
         client.ehlo("laptop.test")
+        assert {"PLAIN", "LOGIN"} <= set(client.esmtp_features.get("auth", "").upper().split()), \
+            f"after STARTTLS the EHLO offers no AUTH a mail client can use: {client.esmtp_features}"
         code, reply = client.mail(f"{USER}@{DOMAIN}")
         if code == 250:
             code, reply = client.rcpt(f"{USER}@{DOMAIN}")
@@ -168,6 +172,11 @@ def assert_submission_guarded(host: sandbox.Host, refusal: bytes) -> None:
         submit(host, USER, "not-the-password", message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}"))
     with pytest.raises(OSError):
         __import__("socket").create_connection((host.address, 26), timeout=3).close()
+    for mechanism in (None, "LOGIN"):  # swaks picks from the EHLO, or is told LOGIN
+        subject = f"swaks {mechanism or 'auto'} {uuid.uuid4().hex}"
+        sent = swaks(host, USER, sandbox.sandbox_password(), subject, auth=mechanism)
+        assert re.search(r"<~ +250[ -]AUTH .*PLAIN", sent.stdout), sent.stdout[-2000:]
+        wait_for_delivery(host, USER, subject)
 
 
 def test_round_trip_ofmipd_spamdyke_ofmipd_loses_nothing(tmda_era_host):

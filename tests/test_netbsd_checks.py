@@ -22,13 +22,14 @@ from qmailhost.core.templates import read
 LINUX_ONLY = ("svstat", "svok", "/etc/service", "-printf", "getent shadow", "sha256sum", "stat -c", "dpkg",
               "/etc/init.d", "systemctl")
 DATA = {"hostname": "mail.example.org", "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}]}
-HOST_SIDE = {"services_up", "queue", "no_tmda_leftovers", "submission_mode"}
+HOST_SIDE = {"services_up", "queue", "no_tmda_leftovers", "submission_mode", "blocklists_answer"}
 
 
 class CheckedHost(NetBSDHost):
     """The model host, answering the read-only commands the status checks send."""
 
     sent: list[str]
+    blocklist_answers: dict  # (test point's first octet, zone) -> what dig prints; default: a working list
 
     def shell(self, command: str) -> tuple[bool, str]:
         self.sent.append(command)
@@ -39,6 +40,8 @@ class CheckedHost(NetBSDHost):
             return True, "0 0 0\n"
         if command == read("tmda/netbsd-pieces.sh"):
             return True, "".join(f"{kind}\t{path}\n" for kind, path in self.tmda_pieces)
+        if m := re.fullmatch(r"dig @127\.0\.0\.1 \+short \+time=3 \+tries=2 A (\d+)\.0\.0\.127\.(\S+)", command):
+            return True, self.blocklist_answers.get((m[1], m[2]), "127.0.0.2\n" if m[1] == "2" else "")
         if command == "cat /var/lib/qmailhost/submission-mode 2>/dev/null || true":
             return True, self.contents.get("/var/lib/qmailhost/submission-mode", "")
         raise AssertionError(f"the NetBSD model does not know this check command: {command[:200]}")
@@ -48,7 +51,7 @@ class CheckedHost(NetBSDHost):
 def deployed(monkeypatch):
     monkeypatch.setenv("QMAILHOST_TEST_PASSWORD", "correct horse")
     host = CheckedHost()
-    host.sent = []
+    host.sent, host.blocklist_answers = [], {}
     host.apply(plan_deploy(DATA, host.answer))
     return host, Settings.from_host_data(DATA, inventory_name="mail.example.org")
 
@@ -63,8 +66,9 @@ def test_after_a_deploy_the_host_side_checks_are_ok_and_speak_netbsd(deployed):
     results = {r.name: (r.status, r.reason) for r in checks.run_checks(target, host_side_checks())}
     assert set(results) == HOST_SIDE
     assert all(status == checks.OK for status, _ in results.values()), results
-    assert results["services_up"][1] == ("all up: qmail-send pid 100, qmail-smtpd pid 101, "
-                                         "stunnel pid 102, qmail-ofmipd pid 103")
+    assert results["services_up"][1] == ("all up: qmail-send pid 100, unbound pid 101, qmail-smtpd pid 102, "
+                                         "stunnel pid 103, qmail-ofmipd pid 104")
+    assert results["blocklists_answer"][1] == "zen.spamhaus.org answer their test points through the host's resolver"
     for command in host.sent:
         for linux in LINUX_ONLY:
             assert linux not in command, f"{linux!r} in a NetBSD check command: {command[:200]}"
@@ -98,3 +102,14 @@ def test_every_other_check_is_a_network_probe_that_never_asks_the_host(deployed)
         for check in others:
             result = checks._run_one(check, target)  # an AssertionError from no_shell would propagate
             assert result.status in (checks.ERROR, checks.SKIPPED, checks.OK), result
+
+
+def test_a_blocklist_that_refuses_the_resolver_is_an_error_naming_it(deployed):
+    """Spamhaus answers 127.255.255.254 to queries through a public or shared resolver."""
+    host, settings = deployed
+    host.blocklist_answers = {("2", "zen.spamhaus.org"): "127.255.255.254\n", ("1", "zen.spamhaus.org"): "127.255.255.254\n"}
+    target = checks.Target(settings, netbsd("10"), "model.invalid", shell=host.shell)
+    result = {r.name: r for r in checks.run_checks(target, host_side_checks())}["blocklists_answer"]
+    assert result.status == checks.ERROR
+    assert result.reason.startswith("zen.spamhaus.org refuses the host's resolver (it answered 127.255.255.254")
+    assert "spamdyke would refuse every sender" in result.reason

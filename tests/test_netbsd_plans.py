@@ -50,7 +50,7 @@ def test_operation_plan(spec, case):
         if name == "TmdaPieces":
             value = [tuple(piece) for piece in value]
         if name == "HostState":
-            value = {"stamps": {}, "accounts": {}, "cert_cn": None, **value}
+            value = {"stamps": {}, "accounts": {}, "cert": None, **value}
         return value
 
     patches = [mock.patch.dict(platforms._DETECTED, {"@fake/mail.example.org": netbsd})] \
@@ -138,7 +138,7 @@ def test_bare_host_in_ofmipd_mode(bare_plan):
     commands = commands_of(plan)
     assert_netbsd_only(plan)
     assert commands[0] == ("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install "
-                           "qmail-run stunnel spamdyke checkpassword ucspi-tcp")
+                           "qmail-run stunnel spamdyke checkpassword ucspi-tcp unbound")
     # The option is in /etc/mk.conf before mess822 is built, and the build cleans up after itself.
     assert index(commands, "PKG_OPTIONS.mess822+=\tsasl") < index(commands, "make -C /usr/pkgsrc/mail/mess822 install")
     assert "make -C /usr/pkgsrc/mail/mess822 install && make -C /usr/pkgsrc/mail/mess822 clean" in commands
@@ -322,3 +322,41 @@ def test_the_netbsd_platform_is_detected_from_facts():
     facts["OsVersion"] = "8.2"
     with mock.patch.object(platforms, "host", host), pytest.raises(Exception, match="NetBSD 8.2 is not supported"):
         platforms.detect()
+
+
+# --- the running host is the truth: drift is repaired in the file and in the service
+
+
+def test_a_hand_edited_rc_conf_is_rewritten_and_its_service_restarted():
+    host = converged("ofmipd")
+    path = "/etc/rc.conf.d/qmailofmipd"
+    host.contents[path] = host.contents[path].replace('tcphost="127.0.0.1"', 'tcphost="0.0.0.0"')
+    host.files[path]["sha256"] = "edited by hand"
+    plan = plan_deploy(data(), host.answer)
+    assert [name for name, _ in plan] == ["Configure qmailofmipd (/etc/rc.conf.d/qmailofmipd)",
+                                          "Run qmailofmipd (restart on change)"]
+    assert "/etc/rc.d/qmailofmipd restart" in commands_of(plan)
+    host.apply(plan)
+    assert plan_deploy(data(), host.answer) == []
+
+
+def test_a_pair_made_anew_on_the_host_is_served_by_stunnel():
+    host = converged("ofmipd")
+    host.cert = {**host.cert, "sha256": "made by hand"}  # e.g. openssl run by hand, or a restore
+    host.files["/usr/pkg/etc/qmailhost/tls/cert.pem"]["sha256"] = "made by hand"
+    plan = plan_deploy(data(), host.answer)
+    assert [name for name, _ in plan] == ["Run stunnel (restart on change)"]
+    host.apply(plan)
+    assert plan_deploy(data(), host.answer) == []
+
+
+def test_a_self_signed_pair_near_expiry_is_renewed_and_served():
+    host = converged("ofmipd")
+    host.cert = {**host.cert, "renew": True}
+    plan = plan_deploy(data(), host.answer)
+    assert [name for name, _ in plan] == ["Make a self-signed certificate for mail.example.org",
+                                          "Run stunnel (restart on change)"]
+    commands = commands_of(plan)
+    assert index(commands, "openssl req -x509") < index(commands, "/etc/rc.d/stunnel restart")
+    host.apply(plan)
+    assert plan_deploy(data(), host.answer) == [], "the new pair is recorded as the one stunnel serves"

@@ -57,9 +57,11 @@ def declare(platform: Platform, service: Service) -> None:
     if (ops.managed_path(link) or {}).get("target") != directory:
         _NEW_LINKS.setdefault(host.name, []).append(link)  # decided now: operations may run later
     enable(name=f"Enable service {name}", link=link, directory=directory)
-    _signal(name, link, [service.run, *service.reads_at_start])
+    # A run script that differs on the host (edited by hand, an old one) may be what runs now.
+    rewritten = service.rewritten or ops.differs(f"{directory}/run", service.run)
+    _signal(name, link, [service.run, *service.reads_at_start], rewritten=rewritten, measured=service.measured)
     if service.reload_on:
-        _signal(name, link, list(service.reload_on), signal="h", why="Reload")
+        _signal(name, link, list(service.reload_on), signal="h", why="Reload", rewritten=service.reload_rewritten)
     if service.replaces:
         replaced, _why = service.replaces
         unlinked(name=f"Stop and unlink {replaced}", link=f"{platform.service_dir}/{replaced}")
@@ -101,11 +103,12 @@ def wait_until_supervised(links: list[str], seconds: int = 20):
            "(daemontools-run)?' >&2; exit 1")
 
 
-def _signal(name: str, link: str, inputs: list[str], signal: str = "t", why: str = "Restart") -> None:
+def _signal(name: str, link: str, inputs: list[str], signal: str = "t", why: str = "Restart",
+            rewritten: bool = False, measured=None) -> None:
     ops.stamped(
         name=f"{why} {name}", stamp=f"service-{name}-{signal}", inputs="\n".join(inputs),
         commands=[f"if svok {link} 2>/dev/null; then svc -{signal} {link}; fi"],
-        description=f"{why.lower()} {name}",
+        description=f"{why.lower()} {name}", rewritten=rewritten, measured=measured,
     )
 
 

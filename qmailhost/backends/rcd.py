@@ -56,16 +56,21 @@ def script(service: str, rcd_dir: str, examples: str):
 
 
 @operation()
-def running(service: str, inputs: str, rcd_dir: str = "/etc/rc.d"):
-    """SERVICE runs, started with INPUTS: start it when it does not run, restart it when INPUTS changed."""
+def running(service: str, inputs: str, rcd_dir: str = "/etc/rc.d", rewritten: bool = False, measured=None):
+    """SERVICE runs, started with INPUTS: start it when it does not run, restart it when INPUTS
+    changed, when REWRITTEN (a file it reads at start differs on the host and this run rewrites
+    it) or when the files MEASURED (command, digest now) differ from those it was started with."""
     digest = ops.stamp_digest(inputs)
     stamp = f"service-{service}"
     status = host.get_fact(RcdService, service=service, rcd_dir=rcd_dir)
-    if status["running"] and host_state()["stamps"].get(stamp) == digest:
+    wanted = digest if measured is None else f"{digest} {measured[1]}"
+    current = host_state()["stamps"].get(stamp) == wanted and (measured is None or measured[1] is not None)
+    if status["running"] and current and not rewritten:
         host.noop(f"{service} runs with its current configuration")
         return
     action = "restart" if status["running"] else "start"
-    yield from ops.stamp_commands(stamp, digest, [f"{rcd_dir}/{service} {action}"])
+    value = digest if measured is None else f'"{digest} $({measured[0]})"'
+    yield from ops.stamp_commands(stamp, value, [f"{rcd_dir}/{service} {action}"])
 
 
 @operation()
@@ -93,15 +98,16 @@ def declare(platform: Platform, service: Service) -> None:
     script(name=f"Install the rc.d script {name}", service=name, rcd_dir=platform.rcd_dir,
            examples=platform.rcd_examples)
     config = rc_conf(name, service.description, service.rcd.variables)
-    ops.whole_file(name=f"Configure {name} ({platform.rc_conf_d}/{name})", dest=f"{platform.rc_conf_d}/{name}",
-                   content=config)
+    path = f"{platform.rc_conf_d}/{name}"
+    rewritten = service.rewritten or ops.differs(path, config)  # decided before the file is written
+    ops.whole_file(name=f"Configure {name} ({path})", dest=path, content=config)
     running(name=f"Run {name} (restart on change)", service=name, inputs="\n".join([config, *service.reads_at_start]),
-            rcd_dir=platform.rcd_dir)
+            rcd_dir=platform.rcd_dir, rewritten=rewritten, measured=service.measured)
     if service.reload_on:
         status = f"{platform.rcd_dir}/{name} onestatus >/dev/null 2>&1"
         ops.stamped(name=f"Reload {name}", stamp=f"service-{name}-h", inputs="\n".join(service.reload_on),
                     commands=[f"if {status}; then {platform.rcd_dir}/{name} reload; fi"],
-                    description=f"reload {name}")
+                    description=f"reload {name}", rewritten=service.reload_rewritten)
     if service.replaces:
         replaced, why = service.replaces
         disabled(platform, rcd_name(replaced), why)

@@ -9,8 +9,9 @@ qmail-run's and stunnel's rc.d scripts, one /etc/rc.conf.d file each). Every bac
 - ``supervisor(platform)``: what must run before any service (svscan; or stopping the
   base system's MTA so port 25 is free);
 - ``declare(platform, service)``: the service is defined, enabled and running, restarted
-  when its definition or what it reads at start changed, reloaded when only what it
-  re-reads on a signal changed;
+  when its definition or what it reads at start changed (as meant: its recorded inputs;
+  or on the host: a file this run rewrites because it differs there, or bytes measured on
+  the host), reloaded when only what it re-reads on a signal changed;
 - ``settle(platform)``: once every service is declared, wait until new ones run;
 - ``status_script(names)`` and ``parse_status(output)``: for the status checks, whether
   each service runs, read-only.
@@ -39,7 +40,10 @@ class Service:
     run: str  # daemontools: the whole run script
     rcd: Rcd  # rc.d: the script and its variables
     reads_at_start: tuple[str, ...] = ()  # besides its definition: a change restarts it
+    rewritten: bool = False  # this run rewrites a file it reads at start (it differs on the host)
+    measured: tuple[str, str | None] | None = None  # (command, digest now) of files made on the host
     reload_on: tuple[str, ...] = ()  # a change here reloads it (qmail-send: HUP) instead
+    reload_rewritten: bool = False  # this run rewrites a file it re-reads on reload
     replaces: tuple[str, str] | None = None  # (name, why): a service that must not run beside it
 
 

@@ -74,11 +74,15 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _install_commands(dest: str, data: bytes, mode: str, user: str, group: str):
-    """Upload beside DEST, set owner and mode there, then rename over DEST."""
+def _install_commands(dest: str, data: bytes, mode: str, user: str, group: str, private: bool = False):
+    """Upload beside DEST, set owner and mode there, then rename over DEST. PRIVATE: the
+    file beside is made empty and mode 600 before it is filled, so a secret is readable
+    by nobody else at any moment, even when a run is cut off right after the upload."""
     temp = f"{dest}.qmailhost-new"
     quoted, quoted_temp = shlex.quote(dest), shlex.quote(temp)
     yield f"mkdir -p {shlex.quote(dest.rsplit('/', 1)[0] or '/')}"
+    if private:
+        yield private_file_command(temp)
     yield FileUploadCommand(BytesIO(data), temp, remote_temp_filename=temp)
     yield f"chown {user}:{group} {quoted_temp} && chmod {mode} {quoted_temp} && mv -f {quoted_temp} {quoted}"
 
@@ -119,7 +123,23 @@ def secret_file(dest: str, data: bytes, mode: str = "600", user: str = "root", g
         return
     old = f"sha256 {current['sha256'][:8]}…" if current else "absent"
     host.log(f"Will replace secret {dest} ({old} → sha256 {new[:8]}…)", logger.info)
-    yield from _install_commands(dest, data, mode, user, group)
+    yield from _install_commands(dest, data, mode, user, group, private=True)
+
+
+def private_file_command(path: str) -> str:
+    """The command making PATH an empty file only its owner (root) can read, before a secret fills it."""
+    quoted = shlex.quote(path)
+    return f"(umask 077 && rm -f {quoted} && : > {quoted})"
+
+
+def differs(path: str, content: str | bytes | None) -> bool:
+    """Will this run change PATH (CONTENT; None: absent) on the host? Decided when the deploy
+    is read, from the same facts the file's own operation uses (its mode and owner aside)."""
+    current = managed_file(path)
+    if content is None:
+        return current is not None
+    data = content.encode() if isinstance(content, str) else content
+    return current is None or current["sha256"] != _sha256(data)
 
 
 @operation()
@@ -135,18 +155,25 @@ def put_file(dest: str, src: str, mode: str = "644", user: str = "root", group: 
 
 
 @operation()
-def stamped(stamp: str, inputs: str, commands: list[str], description: str = "", lock: str | None = None):
-    """Run COMMANDS when the host's stamp STAMP does not hold the digest of INPUTS.
-    With LOCK, each command runs under flock(1) on that file, so a remnant of an
-    interrupted run still at work finishes first."""
+def stamped(stamp: str, inputs: str, commands: list[str], description: str = "", lock: str | None = None,
+            rewritten: bool = False, measured: tuple[str, str | None] | None = None):
+    """Run COMMANDS when the host's stamp STAMP does not hold the digest of INPUTS, or when
+    REWRITTEN (this run rewrites something they depend on, which the host has otherwise).
+    MEASURED (a shell command printing a digest of files on the host, and that digest now,
+    None when this run makes them anew) joins the stamp as measured on the host when it is
+    recorded, so files made on the host count by their bytes. With LOCK, each command runs
+    under flock(1) on that file, so a remnant of an interrupted run still at work finishes first."""
     digest = stamp_digest(inputs)
     recorded = host_state()["stamps"].get(stamp)
-    if recorded == digest:
+    wanted = digest if measured is None else f"{digest} {measured[1]}"
+    if recorded == wanted and not rewritten and (measured is None or measured[1] is not None):
         host.noop(f"{description or stamp} is current (stamp {digest[:8]})")
         return
-    host.log(f"Will {description or 'run ' + stamp} (stamp {recorded and recorded[:8]} → {digest[:8]})",
-             logger.info)
-    yield from stamp_commands(stamp, digest, commands, lock)
+    why = "what it reads was rewritten" if recorded == wanted else \
+        f"stamp {recorded and recorded[:8]} → {digest[:8]}"
+    host.log(f"Will {description or 'run ' + stamp} ({why})", logger.info)
+    value = digest if measured is None else f'"{digest} $({measured[0]})"'
+    yield from stamp_commands(stamp, value, commands, lock)
 
 
 def stamp_digest(inputs: str) -> str:
@@ -220,6 +247,7 @@ def account_password(user: str, password: str, source: str, scheme: str = "sha51
         return
     line = f"{user}:{password_hash(password, scheme=scheme)}\n".encode()
     temp = f"/root/.qmailhost-chpasswd-{user}"
+    yield private_file_command(temp)
     yield FileUploadCommand(BytesIO(line), temp, remote_temp_filename=temp)
     yield apply.format(file=temp)
 

@@ -106,7 +106,7 @@ DEBIAN_SHELL = Shell(sha256="sha256sum", stat="stat -c '%a %U %G'",
 
 DEBIAN_PACKAGES = (
     "build-essential", "groff-base", "patch", "libssl-dev", "openssl", "ucspi-tcp",
-    "daemontools", "daemontools-run", "stunnel4", "ca-certificates", "procps",
+    "daemontools", "daemontools-run", "stunnel4", "ca-certificates", "procps", "unbound", "bind9-dnsutils",
 )
 
 
@@ -126,7 +126,7 @@ NETBSD_ACCOUNTS = AccountTools(system_user=(), system_group=(), own_group=("-g",
 NETBSD_SHELL = Shell(sha256="openssl dgst -sha256 -r", stat="stat -f '%OMp%OLp %Su %Sg'",
                      password_field="awk -F: -v u=\"$u\" '$1 == u { print $2 }' /etc/master.passwd",
                      find_mtimes="-exec stat -f %m {} +")
-NETBSD_PACKAGES = ("qmail-run", "stunnel", "spamdyke", "checkpassword", "ucspi-tcp")
+NETBSD_PACKAGES = ("qmail-run", "stunnel", "spamdyke", "checkpassword", "ucspi-tcp", "unbound")
 
 # The password database is rewritten the way vipw(8) does it: /etc/ptmp (created
 # exclusively: it is the lock), then pwd_mkdb installs it as /etc/master.passwd. The

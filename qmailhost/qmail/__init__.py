@@ -113,13 +113,14 @@ def configure(platform: Platform, settings: Settings) -> dict[str, str]:
             ops.absent_file(name=f"Remove control/{name}", path=path)
         else:
             ops.whole_file(name=f"Write control/{name}", dest=path, content=content + "\n")
-    ops.whole_file(
-        name="Write /var/qmail/rc", dest=f"{platform.qmail_home}/rc", mode="755",
-        content="#!/bin/sh\n# qmail-send's start: deliver to ./Maildir/ (control/defaultdelivery)\n"
-                f"exec env - PATH=\"{platform.qmail_home}/bin:$PATH\" "
-                f"qmail-start \"$(cat {platform.control_dir}/defaultdelivery)\"\n",
-    )
+    ops.whole_file(name="Write /var/qmail/rc", dest=f"{platform.qmail_home}/rc", mode="755", content=_rc(platform))
     return {name: content or "" for name, content in control.items()}
+
+
+def _rc(platform: Platform) -> str:
+    return ("#!/bin/sh\n# qmail-send's start: deliver to ./Maildir/ (control/defaultdelivery)\n"
+            f"exec env - PATH=\"{platform.qmail_home}/bin:$PATH\" "
+            f"qmail-start \"$(cat {platform.control_dir}/defaultdelivery)\"\n")
 
 
 def aliases(platform: Platform, settings: Settings) -> None:
@@ -142,7 +143,13 @@ def sendmail(platform: Platform) -> None:
 
 def service(platform: Platform, control: dict[str, str], notqmail_checksum: str) -> None:
     """qmail-send: restarted when what it reads at start changes, reloaded (HUP: it re-reads
-    locals and virtualdomains) when only those change."""
+    locals and virtualdomains) when only those change; either also when this run puts back
+    such a file that differed on the host."""
+
+    def rewrites(names) -> bool:
+        return any(ops.differs(f"{platform.control_dir}/{name}", control[name] + "\n" if control[name] else None)
+                   for name in names)
+
     services.declare(platform, services.Service(
         name="qmail-send", description="qmail-send, delivering the queue (locally to ./Maildir/)",
         run=render("qmail/qmail-send.run", qmail_home=platform.qmail_home),
@@ -152,7 +159,9 @@ def service(platform: Platform, control: dict[str, str], notqmail_checksum: str)
             *rcd.logging("send"),
         )),
         reads_at_start=(notqmail_checksum, *(control[name] for name in READ_AT_START)),
+        rewritten=rewrites(READ_AT_START) or ops.differs(f"{platform.qmail_home}/rc", _rc(platform)),
         reload_on=tuple(control[name] for name in READ_ON_HUP),
+        reload_rewritten=rewrites(READ_ON_HUP),
     ))
 
 

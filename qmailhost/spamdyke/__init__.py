@@ -4,7 +4,11 @@ release without TLS (build.sh): stunnel ends TLS on the submission port. Its con
 files are read by every new connection, so changing them restarts nothing.
 """
 
+import ipaddress
+
+from qmailhost import resolver
 from qmailhost.core import builds, ops
+from qmailhost.core.checks import ERROR, OK, SKIPPED
 from qmailhost.core.component import Component, Setting
 from qmailhost.core.platform import Platform
 from qmailhost.core.settings import Settings, SettingsError, mapping
@@ -37,8 +41,58 @@ def smtp_config(platform: Platform, settings: Settings) -> str:
     dns = bool(filters["dns_blacklists"] or filters["reject_unresolvable_rdns"] or filters["reject_ip_in_cc_rdns"])
     path = f"{platform.config_dir}/spamdyke-smtp.conf"
     ops.whole_file(name="Write spamdyke's port 25 config", dest=path,
-                   content=render("spamdyke/smtp.conf", control_dir=platform.control_dir, filters=filters, dns=dns))
+                   content=render("spamdyke/smtp.conf", control_dir=platform.control_dir, filters=filters, dns=dns,
+                                  resolver=resolver.ADDRESS))
     return path
+
+
+# --- status check ---------------------------------------------------------------------------
+
+# What a DNS blocklist answers for its test points (RFC 5782): 127.0.0.2 is listed, 127.0.0.1
+# is not. Spamhaus answers 127.255.255.252-255 instead when it refuses the resolver asking
+# (a public or shared one, or one over its free limit): then spamdyke would refuse everyone.
+LISTED, NOT_LISTED = "2.0.0.127", "1.0.0.127"
+REFUSAL = ipaddress.ip_network("127.255.255.0/24")
+LISTING = ipaddress.ip_network("127.0.0.0/24")
+
+
+def check_blocklists_answer(target):
+    """Each DNS blocklist spamdyke asks answers its test points through the host's resolver:
+    its listed point listed in 127.0.0.0/24, its unlisted point not listed, and no refusal."""
+    zones = target.settings.spamdyke_filters["dns_blacklists"]
+    if not zones:
+        return SKIPPED, "no dns_blacklists in spamdyke_filters"
+    problems, fine = [], []
+    for zone in zones:
+        listed = _addresses(target.run(resolver.query_command(target.platform, f"{LISTED}.{zone}")))
+        unlisted = _addresses(target.run(resolver.query_command(target.platform, f"{NOT_LISTED}.{zone}")))
+        refused = [a for a in listed + unlisted if a in REFUSAL]
+        if refused:
+            problems.append(f"{zone} refuses the host's resolver (it answered {refused[0]} for its test points): "
+                            "spamdyke would refuse every sender; let unbound recurse itself (no dns_forwarders "
+                            "through a shared resolver) or drop the list")
+        elif unlisted:
+            problems.append(f"{zone} lists {NOT_LISTED}, which no list should ({unlisted[0]}): every sender "
+                            "would be refused")
+        elif not listed or not all(a in LISTING for a in listed):
+            answer = ", ".join(map(str, listed)) or "no answer"
+            problems.append(f"{zone} does not list its test point {LISTED} ({answer}): the list is not working "
+                            "from this host, and filters nothing")
+        else:
+            fine.append(zone)
+    if problems:
+        return ERROR, "; ".join(problems)
+    return OK, f"{', '.join(fine)} answer their test points through the host's resolver"
+
+
+def _addresses(output: str) -> list[ipaddress.IPv4Address]:
+    found = []
+    for line in output.split():
+        try:
+            found.append(ipaddress.IPv4Address(line.strip()))
+        except ValueError:
+            continue
+    return found
 
 
 _ZONE = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"
@@ -75,4 +129,5 @@ COMPONENT = Component(
     settings=(Setting("spamdyke_filters", FILTERS, _filters,
                       "spamdyke on port 25; default: rDNS checks, `zen.spamhaus.org`, 5 s greeting delay, "
                       "50 recipients"),),
+    checks=(check_blocklists_answer,),
 )

@@ -34,19 +34,20 @@ PATHS = {
 }
 
 
-def configure(platform: Platform, settings: Settings, tls_fingerprint: str, mode) -> None:
+def configure(platform: Platform, settings: Settings, pair: tls.Pair, mode) -> None:
     cert, key = tls.paths(platform)
     paths = PATHS[platform.name]
     user, group = paths.user
     config = render("stunnel/stunnel.conf", submission_port=settings.submission_port,
                     ofmipd_port=mode.upstream_port(settings), cert=cert, key=key,
                     foreground="yes" if paths.foreground else "no", user=user, group=group)
+    rewritten = ops.differs(paths.config, config) or pair.rewritten
     ops.whole_file(name="Write stunnel's config", dest=paths.config, content=config)
     services.declare(platform, services.Service(
         name="stunnel", description="STARTTLS on the submission port",
         run=render("stunnel/stunnel.run", stunnel=paths.program, config=paths.config),
         rcd=services.Rcd("stunnel", (("flags", paths.config),)),
-        reads_at_start=(config, tls_fingerprint),
+        reads_at_start=(config, pair.fingerprint), rewritten=rewritten, measured=pair.measured,
     ))
 
 

@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyinfra import host, logger
@@ -40,10 +41,32 @@ def paths(platform: Platform) -> tuple[str, str]:
     return f"{platform.tls_dir}/cert.pem", f"{platform.tls_dir}/key.pem"
 
 
+RENEW_DAYS = 30  # a self-signed pair is made anew this long before it expires: before the check warns
+assert RENEW_DAYS > CERT_WARN_DAYS
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The pair the TLS listeners serve, as their restarts see it: what is meant (FINGERPRINT),
+    whether this run rewrites it where the host has another (REWRITTEN), and for a pair made on
+    the host, how to measure it there and its digest now (MEASURED; None: made anew this run)."""
+
+    fingerprint: str
+    rewritten: bool = False
+    measured: tuple[str, str | None] | None = None
+
+
+def _remade(hostname: str) -> bool:
+    """Will this run make the self-signed pair anew (none, another name, or about to expire)?"""
+    current = host_state()["cert"]
+    return current is None or current["cn"] != hostname or current["renew"]
+
+
 @operation()
 def self_signed_certificate(hostname: str, cert: str, key: str, days: int = 825):
-    """A self-signed certificate for HOSTNAME, made only when none for that name exists."""
-    if host_state()["cert_cn"] == hostname:
+    """A self-signed certificate for HOSTNAME, made when none for that name exists, or when the
+    one there expires within RENEW_DAYS (so it is renewed before any check would warn)."""
+    if not _remade(hostname):
         host.noop(f"the certificate for {hostname} exists")
         return
     new_cert, new_key = shlex.quote(cert + ".qmailhost-new"), shlex.quote(key + ".qmailhost-new")
@@ -53,17 +76,20 @@ def self_signed_certificate(hostname: str, cert: str, key: str, days: int = 825)
     yield f"chmod 644 {new_cert} && mv -f {new_key} {shlex.quote(key)} && mv -f {new_cert} {shlex.quote(cert)}"
 
 
-def configure(platform: Platform, settings: Settings) -> str:
-    """Put the pair in place; returns its fingerprint (what stunnel's restart depends on)."""
+def configure(platform: Platform, settings: Settings) -> Pair:
+    """Put the pair in place; returns it as the TLS listeners' restarts see it."""
     cert, key = paths(platform)
     if settings.self_signed:
+        remade = _remade(settings.hostname)
         self_signed_certificate(name=f"Make a self-signed certificate for {settings.hostname}",
                                 hostname=settings.hostname, cert=cert, key=key)
-        return f"self-signed for {settings.hostname}"
+        now = None if remade else host_state()["cert"]["sha256"]
+        return Pair("self-signed", measured=(f"{platform.shell.sha256} < {shlex.quote(cert)} | cut -c1-64", now))
     cert_data, key_data = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
+    rewritten = ops.differs(cert, cert_data) or ops.differs(key, key_data)
     ops.whole_file(name="Install the TLS certificate", dest=cert, content=cert_data.decode())
     ops.secret_file(name="Install the TLS key", dest=key, data=key_data, mode="600")
-    return hashlib.sha256(cert_data + key_data).hexdigest()
+    return Pair(hashlib.sha256(cert_data + key_data).hexdigest(), rewritten=rewritten)
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -187,9 +213,20 @@ def _field(text: str, name: str) -> str:
 
 
 def _cert_probe(platform: Platform, settings: Settings) -> str:
+    """The certificate's name, its SHA256 and whether it expires within RENEW_DAYS."""
     cert = shlex.quote(paths(platform)[0])
-    return (f"[ -f {cert} ] && printf 'cert_cn\\t%s\\n' \"$(openssl x509 -noout -subject -nameopt multiline "
-            f"-in {cert} 2>/dev/null | sed -n 's/^ *commonName *= *//p')\"")
+    return (f"[ -f {cert} ] && printf 'cert\\t%s\\t%s\\t%s\\n' \"$(openssl x509 -noout -subject -nameopt multiline "
+            f"-in {cert} 2>/dev/null | sed -n 's/^ *commonName *= *//p')\" "
+            f"\"$({platform.shell.sha256} < {cert} | cut -c1-64)\" "
+            f"\"$(openssl x509 -noout -checkend {RENEW_DAYS * 86400} -in {cert} >/dev/null 2>&1 "
+            "&& echo keep || echo renew)\"")
+
+
+def _cert(lines: list[list[str]]) -> dict | None:
+    fields = lines[0]
+    if len(fields) != 3:
+        return None
+    return {"cn": fields[0], "sha256": fields[1], "renew": fields[2] != "keep"}
 
 
 COMPONENT = Component(
@@ -199,7 +236,7 @@ COMPONENT = Component(
                 "PEM certificate on the laptop; unset (with `tls_key`): self-signed, made on the host once"),
         Setting("tls_key", None, _tls_key, "PEM key on the laptop, matching `tls_cert`"),
     ),
-    probes=(Probe("cert_cn", _cert_probe, lambda lines: "\t".join(lines[0]), lambda: None),),
+    probes=(Probe("cert", _cert_probe, _cert, lambda: None),),
     checks=(check_certificate_name, check_certificate_expiry),
     backup=BackupPart(paths=lambda settings, platform: paths(platform) if settings.self_signed else (),
                       restore=restore),
