@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-import struct
-import threading
 import time
 from dataclasses import dataclass
 
 import pytest
 
 from harness import sandbox
+from harness.dns_server import TestResolver
 from harness.pyinfra_cli import pyinfra
 from qmailhost import dns
 from qmailhost.core import checks
@@ -252,61 +251,6 @@ def test_verify_account_takes_its_password_from_accounts_and_never_shows_it(tmp_
 # --- DNS, against a resolver on loopback ----------------------------------------------------
 
 
-def _name(name: str) -> bytes:
-    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".") if p) + b"\0"
-
-
-def _rdata(kind: str, value: str) -> bytes:
-    if kind == "A":
-        return socket.inet_pton(socket.AF_INET, value)
-    if kind == "AAAA":
-        return socket.inet_pton(socket.AF_INET6, value)
-    if kind == "MX":
-        return struct.pack("!H", 10) + _name(value)
-    if kind == "TXT":
-        return bytes([len(value)]) + value.encode()
-    return _name(value)
-
-
-def _question_name(query: bytes) -> tuple[str, int]:
-    """The (uncompressed) name a query asks about, and the offset after it."""
-    labels, offset = [], 12
-    while query[offset]:
-        labels.append(query[offset + 1: offset + 1 + query[offset]].decode())
-        offset += 1 + query[offset]
-    return ".".join(labels), offset + 1
-
-
-class FakeResolver:
-    """Answers from ZONE ({(name, type): [values]}) on 127.0.0.1; NXDOMAIN otherwise."""
-
-    def __init__(self, zone: dict):
-        self.zone = zone
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        types = {v: k for k, v in resolver_module.RECORD_TYPES.items()}
-        while True:
-            try:
-                query, peer = self.sock.recvfrom(512)
-            except OSError:
-                return
-            ident = struct.unpack_from("!H", query)[0]
-            name, end = _question_name(query)
-            kind = types[struct.unpack_from("!H", query, end)[0]]
-            values = self.zone.get((name or ".", kind), [])
-            header = struct.pack("!6H", ident, 0x8180 if values or name == "" else 0x8183, 1, len(values), 0, 0)
-            answers = b"".join(struct.pack("!HHHIH", 0xC00C, resolver_module.RECORD_TYPES[kind], 1, 60, len(r)) + r
-                               for r in (_rdata(kind, v) for v in values))
-            self.sock.sendto(header + query[12:end + 4] + answers, peer)
-
-    def close(self):
-        self.sock.close()
-
-
 GOOD_ZONE = {
     (DOMAIN, "MX"): [HOSTNAME], (DOMAIN, "TXT"): ["v=spf1 mx -all"], (HOSTNAME, "A"): [ADDRESS],
     ("25.2.0.192.in-addr.arpa", "PTR"): [HOSTNAME],
@@ -316,7 +260,7 @@ DNS_CHECKS = (dns.check_dns_mx, dns.check_dns_address, dns.check_dns_ptr, dns.ch
 
 def _dns_results(settings: Settings, zone: dict | None, server_port: int | None = None) -> dict:
     target = checks.Target(settings, debian("13"), ADDRESS, shell=None)
-    resolver = FakeResolver(zone) if zone is not None else None
+    resolver = TestResolver(zone) if zone is not None else None
     target.dns = resolver_module.Dns("127.0.0.1", port=resolver.port if resolver else server_port)
     try:
         return {r.name: (r.status, r.reason) for r in checks.run_checks(target, DNS_CHECKS)}
