@@ -30,9 +30,16 @@ def _flag(key: str, test: str) -> Probe:
     return Probe(key, lambda platform, settings: f"{test} && echo {key}", bool, bool)
 
 
+def _down_script(platform: Platform, settings) -> str:
+    """The services supervise keeps down (svc -d, by hand): a deploy brings them up again."""
+    return (f"svstat {platform.service_dir}/* 2>/dev/null | "
+            "awk -F': ' '$2 ~ /^down/ { n = split($1, p, \"/\"); print \"down\\t\" p[n] }'")
+
+
 COMPONENT = Component(
     name="daemontools",
-    probes=(_flag("systemd", "[ -d /run/systemd/system ]"), _flag("svscan", "pgrep -x svscan >/dev/null 2>&1")),
+    probes=(_flag("systemd", "[ -d /run/systemd/system ]"), _flag("svscan", "pgrep -x svscan >/dev/null 2>&1"),
+            Probe("down", _down_script, lambda lines: {fields[0] for fields in lines if fields}, set)),
     managed_roots=lambda p: (f"3:{p.supervise_dir}", f"1:{p.service_dir}", f"1:{p.log_dir}"),
 )
 
@@ -57,6 +64,7 @@ def declare(platform: Platform, service: Service) -> None:
     if (ops.managed_path(link) or {}).get("target") != directory:
         _NEW_LINKS.setdefault(host.name, []).append(link)  # decided now: operations may run later
     enable(name=f"Enable service {name}", link=link, directory=directory)
+    up(name=f"Start {name} (it was stopped)", service=name, link=link)
     # A run script that differs on the host (edited by hand, an old one) may be what runs now.
     rewritten = service.rewritten or ops.differs(f"{directory}/run", service.run)
     _signal(name, link, [service.run, *service.reads_at_start], rewritten=rewritten, measured=service.measured)
@@ -85,6 +93,16 @@ def enable(link: str, directory: str):
         host.noop(f"{link} is enabled")
         return
     yield f"ln -sfn {directory} {link}.qmailhost-new && mv -fT {link}.qmailhost-new {link}"
+
+
+@operation()
+def up(service: str, link: str):
+    """SERVICE is up: supervise keeps it down only when told to (svc -d by hand), and a deploy
+    says the services run."""
+    if service not in host_state().get("down", set()):
+        host.noop(f"{service} is not held down")
+        return
+    yield f"svc -u {link}"
 
 
 def settle(platform: Platform) -> None:

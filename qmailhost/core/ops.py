@@ -74,15 +74,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _install_commands(dest: str, data: bytes, mode: str, user: str, group: str, private: bool = False):
-    """Upload beside DEST, set owner and mode there, then rename over DEST. PRIVATE: the
-    file beside is made empty and mode 600 before it is filled, so a secret is readable
+def _install_commands(dest: str, data: bytes, mode: str, user: str, group: str):
+    """Upload beside DEST, set owner and mode there, then rename over DEST. The file beside
+    is made empty and mode 600 before it is filled, so what it holds (a key, say) is readable
     by nobody else at any moment, even when a run is cut off right after the upload."""
     temp = f"{dest}.qmailhost-new"
     quoted, quoted_temp = shlex.quote(dest), shlex.quote(temp)
-    yield f"mkdir -p {shlex.quote(dest.rsplit('/', 1)[0] or '/')}"
-    if private:
-        yield private_file_command(temp)
+    yield f"mkdir -p {shlex.quote(dest.rsplit('/', 1)[0] or '/')} && {private_file_command(temp)}"
     yield FileUploadCommand(BytesIO(data), temp, remote_temp_filename=temp)
     yield f"chown {user}:{group} {quoted_temp} && chmod {mode} {quoted_temp} && mv -f {quoted_temp} {quoted}"
 
@@ -123,7 +121,7 @@ def secret_file(dest: str, data: bytes, mode: str = "600", user: str = "root", g
         return
     old = f"sha256 {current['sha256'][:8]}…" if current else "absent"
     host.log(f"Will replace secret {dest} ({old} → sha256 {new[:8]}…)", logger.info)
-    yield from _install_commands(dest, data, mode, user, group, private=True)
+    yield from _install_commands(dest, data, mode, user, group)
 
 
 def private_file_command(path: str) -> str:
