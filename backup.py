@@ -3,9 +3,11 @@ does not hold, into a dated directory on this laptop. Changes nothing on the hos
 
     pyinfra inventory/<site>.py backup.py [--data backup_dir=... --data backup_queue=true]
 
-Carried: every account's Maildir, the self-signed TLS pair, the password hashes, the
-TMDA archive if any, and with backup_queue the pending messages. Unchanged messages
-are hard-linked from the previous backup, not fetched again; a full or unwritable
+Carried: what the components' backup parts name (every account's Maildir, the
+self-signed TLS pair, the TMDA archive if any), the password hashes, and with
+backup_queue the pending messages, listed and streamed with the platform's own tools
+(GNU find and tar on Debian; find, stat and pax on NetBSD). Unchanged messages are
+hard-linked from the previous backup, not fetched again; a full or unwritable
 backup_dir is refused before anything is written. See qmailhost/core/recovery.py.
 """
 

@@ -5,15 +5,17 @@
 
 The backup (restore_from, else the newest of this host) is verified in full first: a
 damaged one is refused before the host is touched. Then only what the host lacks or
-holds differently is changed: missing messages and files are added (nothing on the
-host is deleted or overwritten), password hashes set through chpasswd -e from a file,
-the TLS pair replaced when it differs (then stunnel restarted), pending messages
-requeued once. A second restore changes nothing. See qmailhost/core/recovery.py.
+holds differently is changed: the missing files of the components' backup parts are
+added (Maildir messages, the TMDA archive: nothing on the host is deleted or
+overwritten), password hashes set from a file through the platform's password tool
+(chpasswd -e, or NetBSD's master.passwd rewrite), each part with a restore hook puts
+its own files back (the TLS pair replaced when it differs, then stunnel restarted),
+pending messages requeued once. A second restore changes nothing. See
+qmailhost/core/recovery.py.
 """
 
 from pyinfra import host
 
-from qmailhost import tls
 from qmailhost.core import recovery
 from qmailhost.core.platform import detect
 from qmailhost.core.settings import Settings
@@ -23,13 +25,16 @@ options = recovery.options(settings)
 backup = recovery.open_backup(options, settings)
 platform = detect()
 remote = recovery.remote_for(host.data.dict(), host.name)
-view = recovery.look_at_host(remote, backup, platform)
+view = recovery.look_at_host(remote, backup, platform, settings)
 recovery.require_deployed(view, backup, host.name)
 host.log(f"Restoring from {backup.directory} (every sha256 verified)")
 
 recovery.restore_files(name="Restore missing messages and files", remote=remote, backup=backup,
-                       missing=recovery.missing_files(backup, view))
-recovery.restore_password_hashes(name="Restore the password hashes", hashes=recovery.changed_hashes(backup, view))
-tls.restore(platform, settings, backup)
+                       missing=recovery.missing_files(backup, view), shell=platform.shell)
+recovery.restore_password_hashes(name="Restore the password hashes", hashes=recovery.changed_hashes(backup, view),
+                                 apply=platform.password_apply)
+for part in recovery.backup_parts(platform):
+    if part.restore:
+        part.restore(platform, settings, backup)
 recovery.requeue(name="Requeue the pending messages", messages=recovery.pending_messages(backup, view),
-                 qmail_queue=f"{platform.qmail_home}/bin/qmail-queue")
+                 qmail_queue=f"{platform.qmail_bin}/qmail-queue")

@@ -39,7 +39,7 @@ def _question(query: bytes) -> tuple[str, int]:
     return ".".join(labels), offset + 1
 
 
-class TestResolver:
+class DnsServer:
     """Answers from ZONE (a mapping, or a function (name, type) -> values) until closed."""
 
     def __init__(self, zone: dict | Callable[[str, str], list[str]], address: str = "127.0.0.1", port: int = 0):

@@ -5,14 +5,23 @@ the way each planned command would on the real host (every command qmailhost pla
 for NetBSD is understood here; an unknown one fails the test). So a test can plan a
 bare host, apply the plan, and check that the converged host plans nothing, or
 switch modes and see exactly what a switch runs.
+
+For backup.py and restore.py, ``remote()`` stands in for recovery's Remote (the ssh
+side): it answers the recovery scripts from the model's state (homes, hashes, the files
+under the backed-up paths, as NetBSD's find, stat -f, awk and openssl print them), writes
+the ustar stream ``pax -w`` would, and applies the one ``pax -r -k -pe`` reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
 import re
+import secrets
 import shlex
+import tarfile
 from dataclasses import dataclass, field
 
 from harness.plan_harness import DEFAULT
@@ -20,6 +29,9 @@ from harness.plan_harness import DEFAULT
 PACKAGE_RC_SCRIPTS = {"qmail-run": ("qmailsend", "qmailsmtpd", "qmailofmipd", "qmailpop3d", "qmailqread"),
                       "stunnel": ("stunnel",), "tmda": ("tofmipd",), "unbound": ("unbound",)}
 STAMPS = "/var/lib/qmailhost/stamps"
+RESTORE_HASHES = "/root/.qmailhost-chpasswd-restore"
+QUEUE = "/var/qmail/queue"
+MTIME_NS = 1_700_000_000_123_456_789  # the mtime of what the model made without saying when
 
 
 def sha256(text: str) -> str:
@@ -45,6 +57,11 @@ class NetBSDHost:
     tmda_archive: dict | None = None
     executed: list[str] = field(default_factory=list)
     _uploads: dict[str, str] = field(default_factory=dict)
+    # Recovery (backup.py, restore.py): what the recovery scripts and streams see.
+    hashes: dict[str, str] = field(default_factory=dict)  # user -> its whole hash in /etc/master.passwd
+    tree: dict[str, dict] = field(default_factory=dict)  # path -> {type, data, mode, user, group, mtime_ns}
+    queue: dict[str, bytes] = field(default_factory=dict)  # "mess/0/123" ... under /var/qmail/queue
+    sent: list[tuple[str, str, bytes]] = field(default_factory=list)  # (what, script, stdin) through remote()
 
     def copy(self) -> NetBSDHost:
         return copy.deepcopy(self)
@@ -120,6 +137,8 @@ class NetBSDHost:
     def _write(self, path: str, data: str, mode: str, user: str, group: str) -> None:
         self.contents[path] = data
         self.files[path] = {"sha256": sha256(data), "mode": mode.lstrip("0"), "user": user, "group": group}
+        if path == "/usr/pkg/etc/qmailhost/tls/cert.pem" and self.cert:  # what the tls probe reads
+            self.cert = {**self.cert, "sha256": sha256(data)}
 
     def _run(self, command: str) -> None:  # noqa: C901 (one branch per command qmailhost plans)
         if m := re.fullmatch(r"chown (\S+):(\S+) (\S+)\.qmailhost-new && chmod (\d+) \3\.qmailhost-new "
@@ -193,14 +212,37 @@ class NetBSDHost:
             self.stamps[m[2]] = m[1]
         elif command.startswith("if /etc/rc.d/qmailsend onestatus"):
             pass  # a reload: nothing the facts show
+        elif m := re.fullmatch(rf"s={STAMPS}/(\S+); if \[ -f \$s \]; then echo \"\$\(cut -d' ' -f1 \$s\) "
+                               r"\$\(openssl dgst -sha256 -r < (\S+) \| cut -c1-64\)\" > \$s\.new && mv -f \$s\.new \$s; fi",
+                               command):
+            if m[1] in self.stamps:  # the stamp's measured part, measured again
+                self.stamps[m[1]] = f"{self.stamps[m[1]].split()[0]} {self.files[m[2]]['sha256']}"
+        elif m := re.fullmatch(r"if /etc/rc.d/(\w+) onestatus >/dev/null 2>&1; then /etc/rc.d/\1 restart; fi",
+                               command):
+            assert m[1] in self.rc_scripts, f"no rc.d script for {command}"  # a restart only if it runs
+        elif command == f"umask 077 && : > {RESTORE_HASHES}":
+            pass  # the (empty, private) file the restored hashes are uploaded into
+        elif command.startswith(f"chmod 600 {RESTORE_HASHES} ") and "pwd_mkdb -p /etc/ptmp" in command:
+            for line in self._uploads.pop(RESTORE_HASHES).splitlines():  # restore.py: every account at once
+                user, hashed = line.split(":", 1)
+                self.accounts[user] = {"salt": hashed.rsplit("$", 1)[0], "hash_sha256": sha256(hashed)}
+                self.hashes[user] = hashed
+        elif m := re.fullmatch(r"/usr/pkg/bin/qmail-queue <(\S+)\.msg 1<\1\.env && touch \1\.done "
+                               r"&& rm -f \1\.msg \1\.env", command):
+            number = 1000 + len([k for k in self.queue if k.startswith("mess/")])
+            self.queue[f"mess/0/{number}"] = self._uploads.pop(f"{m[1]}.msg").encode()
+            self.queue[f"todo/{number}"] = self._uploads.pop(f"{m[1]}.env").encode()
+            self.tree[f"{m[1]}.done"] = _entry("file", b"", "644", "root", "wheel")
         elif command.startswith("chmod 600 /root/.qmailhost-chpasswd-") and "pwd_mkdb -p /etc/ptmp" in command:
             path = command.split()[2]
             user, hashed = self._uploads.pop(path).strip().split(":", 1)
             self.accounts[user] = {"salt": hashed.rsplit("$", 1)[0], "hash_sha256": sha256(hashed)}
+            self.hashes[user] = hashed
         elif command.startswith("mkdir -p /usr/pkg/etc/qmailhost/tls && chmod 755"):
             pass
         elif m := re.search(r"openssl req .* -subj /CN=(\S+) .* -out (\S+)\.qmailhost-new", command):
-            made = sha256(f"{m[1]} {len(self.executed)}")  # each certificate made is another
+            self._make_pair(command)  # each certificate made is another
+            made = hashlib.sha256(self.tree[m[2]]["data"]).hexdigest()
             self.cert = {"cn": m[1], "sha256": made, "renew": False}
             self.files[m[2]] = {"sha256": made, "mode": "644", "user": "root", "group": "wheel"}
         elif command.startswith("chmod 644 ") and "mv -f" in command:
@@ -221,3 +263,209 @@ class NetBSDHost:
             self.tmda_pieces = [p for p in self.tmda_archive["pieces"] if p[0] not in ("package", "user", "group")]
         else:
             raise AssertionError(f"the NetBSD model does not know what this does: {command}")
+
+    # --- recovery: what backup.py and restore.py ask the host (through remote())
+    def remote(self, name: str = "mail.example.org") -> ModelRemote:
+        """recovery.Remote, answered by this model instead of ssh."""
+        return ModelRemote(self, name)
+
+    def put_dir(self, path: str, user: str = "root", group: str = "wheel", mode: str = "700") -> None:
+        self.tree[path] = _entry("dir", b"", mode, user, group)
+
+    def put_mail(self, path: str, data: bytes, user: str = "alice", mode: str = "600",
+                 mtime_ns: int = MTIME_NS) -> None:
+        """A file (a message, an archived piece) on the host, its missing parents made as USER's."""
+        parent = path.rsplit("/", 1)[0]
+        while parent and parent not in self.dirs and parent not in self.tree and parent.count("/") > 2:
+            self.tree[parent] = _entry("dir", b"", "700", user, user)
+            parent = parent.rsplit("/", 1)[0]
+        self.tree[path] = _entry("file", data, mode, user, user, mtime_ns)
+
+    def entries(self) -> dict[str, dict]:
+        """Every file and directory recovery can see: the deploy's directories, the model's own
+        tree (mail, restored files, the generated TLS pair) and the files deploy wrote."""
+        found = {path: _entry("dir", b"", str(d["mode"]), d["user"], d["group"]) for path, d in self.dirs.items()}
+        found.update(self.tree)
+        for path, meta in self.files.items():
+            if path in self.contents:
+                found[path] = _entry("file", self.contents[path].encode(), meta["mode"], meta["user"], meta["group"])
+        return found
+
+    def expand(self, word: str) -> str:
+        """A shell word as the host's sh expands it: an unquoted ~user prefix, then the rest unquoted."""
+        if m := re.fullmatch(r"~([A-Za-z0-9_][A-Za-z0-9_.-]*)(/.*)?", word):
+            if m[1] not in self.users:
+                return shlex.split(word)[0]  # no such user: the word stays as it is
+            return self.users[m[1]]["home"] + (shlex.split(m[2])[0] if m[2] else "")
+        return shlex.split(word)[0]
+
+    def under(self, root: str) -> list[tuple[str, dict]]:
+        return sorted((p, e) for p, e in self.entries().items() if p == root or p.startswith(root + "/"))
+
+    def run_script(self, script: str) -> bytes:  # noqa: C901 (one branch per recovery script)
+        """The output of a recovery script, as NetBSD's sh, find, stat, awk and openssl print it."""
+        if m := re.fullmatch(_LISTING, script):
+            out = []
+            for word in _shell_words(m["paths"]):
+                root = self.expand(word)
+                for path, e in self.under(root):
+                    mode = int(e["mode"], 8)  # stat's %OMp%OLp: special bits, then permissions
+                    kind = "Regular File" if e["type"] == "file" else "Directory"
+                    out.append(f"E\t{kind}\t{len(e['data'])}\t{e['mtime_ns'] // 10**9}.{e['mtime_ns'] % 10**9:09d}\t"
+                               f"{(mode >> 9) & 7:o}{mode & 0o777:o}\t{e['user']}\t{e['group']}\t{vis(path.encode())}\n")
+            if m["queue"] == "yes" and m["queue_dir"] == QUEUE and any(k.startswith("mess/") for k in self.queue):
+                used = sum(-(-len(v) // 1024) for k, v in self.queue.items() if k.startswith("mess/"))
+                out.append(f"Q\t{used * 1024}\n")
+            return "".join(out).encode()
+        if m := re.fullmatch(_HASHES, script):
+            return "".join(f"{u}:{self.hashes[u]}\n" for u in m["users"].split() if self.hashes.get(u)).encode()
+        if m := re.fullmatch(_HOST_VIEW, script):
+            out = []
+            for user in m["users"].split():
+                if user in self.users:
+                    out.append(f"A\t{user}\t{self.users[user]['home']}\0")
+                    out.append(f"H\t{user}\t{sha256(self.hashes.get(user, ''))}\0")
+            for word in _shell_words(m["paths"]):
+                root = self.expand(word)
+                out.append(f"X\t{root}\0")
+                out += [f"P\t{path}\0" for path, _ in self.under(root)]
+            out += [f"R\t{path}\0" for path, e in self.under(m["requeued"]) if e["type"] == "file"]
+            out += [f"M\t{hashlib.sha256(v).hexdigest()}\0" for k, v in sorted(self.queue.items())
+                    if k.startswith("mess/")]
+            if "qmail-run" in self.packages:  # qmail's package installs /usr/pkg/bin/qmail-queue
+                out.append("Q\0")
+            return "".join(out).encode(errors="surrogateescape")
+        raise AssertionError(f"the NetBSD model does not know this recovery script: {script[:300]}")
+
+    def pax_write(self, script: str, feed: bytes) -> tuple[bytes, int]:
+        """(the ustar archive pax -w writes, its exit status) for a recovery stream."""
+        out, status = io.BytesIO(), 0
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+            if script == "cd / && pax -w -d -0 -x ustar":  # NUL-separated names on stdin, each alone
+                entries = self.entries()
+                for name in (n.decode(errors="surrogateescape") for n in feed.split(b"\0") if n):
+                    entry = entries.get("/" + name)
+                    if entry is None:
+                        status = 1  # "pax: Unable to access ...": the file vanished
+                        continue
+                    _add_member(archive, name, entry)
+            elif script == f"cd {QUEUE} && pax -w -x ustar mess info local remote todo":
+                for key, data in sorted(self.queue.items()):
+                    _add_member(archive, key, _entry("file", data, "600", "qmailq", "qmail"))
+            else:
+                raise AssertionError(f"the NetBSD model does not know this stream: {script}")
+        return out.getvalue(), status
+
+    def pax_read(self, script: str, data: bytes) -> None:
+        """Apply `pax -r -k -pe` run from / to the archive DATA: add what is not there yet."""
+        assert script == "cd / && pax -r -k -pe", script
+        assert data[257:265] == b"ustar\x0000", "NetBSD's pax reads ustar archives"
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+            assert not archive.pax_headers
+            entries = self.entries()
+            for member in archive:
+                assert member.type in (tarfile.REGTYPE, tarfile.DIRTYPE) and not member.pax_headers, member.name
+                path = "/" + member.name.rstrip("/")
+                if path in entries:  # -k: never overwrite
+                    continue
+                data = archive.extractfile(member).read() if member.isfile() else b""
+                self.tree[path] = _entry("file" if member.isfile() else "dir", data, format(member.mode, "o"),
+                                         member.uname, member.gname, member.mtime * 10**9)  # ustar: whole seconds
+
+    def _make_pair(self, command: str) -> None:
+        """The self-signed pair openssl req writes (moved into place by the next command)."""
+        key, cert = re.search(r"-keyout (\S+)\.qmailhost-new -out (\S+)\.qmailhost-new", command).groups()
+        made = secrets.token_hex(32)  # a new pair every time, as openssl makes one
+        self.tree[cert] = _entry("file", f"-----BEGIN CERTIFICATE-----\n{made}\n-----END CERTIFICATE-----\n".encode(),
+                                 "644", "root", "wheel")
+        self.tree[key] = _entry("file", f"-----BEGIN PRIVATE KEY-----\n{made[::-1]}\n-----END PRIVATE KEY-----\n"
+                                .encode(), "600", "root", "wheel")
+
+
+def _entry(kind: str, data: bytes, mode: str, user: str, group: str, mtime_ns: int = MTIME_NS) -> dict:
+    return {"type": kind, "data": data, "mode": mode, "user": user, "group": group, "mtime_ns": mtime_ns}
+
+
+def _add_member(archive: tarfile.TarFile, name: str, entry: dict) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.REGTYPE if entry["type"] == "file" else tarfile.DIRTYPE
+    info.mode, info.uname, info.gname = int(entry["mode"], 8), entry["user"], entry["group"]
+    info.mtime, info.size = entry["mtime_ns"] // 10**9, len(entry["data"])
+    archive.addfile(info, io.BytesIO(entry["data"]) if entry["type"] == "file" else None)
+
+
+_VIS_CSTYLE = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "\\s", "\a": "\\a", "\b": "\\b", "\f": "\\f",
+               "\v": "\\v"}
+
+
+def vis(name: bytes) -> str:
+    """NAME as NetBSD's stat %#N prints it: strnvis(3) with VIS_WHITE | VIS_OCTAL | VIS_CSTYLE
+    in the C locale (ssh sessions get no LANG): graphic ASCII as is, a backslash doubled,
+    white space and controls C-style (\\s for a space), any other byte as \\ooo."""
+    out = []
+    for byte in name:
+        char = chr(byte)
+        if char == "\\":
+            out.append("\\\\")
+        elif 0x21 <= byte <= 0x7E:
+            out.append(char)
+        else:
+            out.append(_VIS_CSTYLE.get(char, f"\\{byte:03o}"))
+    return "".join(out)
+
+
+def _shell_words(text: str) -> list[str]:
+    """The words of a for list, each as written (quotes kept: the model expands them itself)."""
+    return re.findall(r"(?:[^\s'\\]|'[^']*'|\\.)+", text)
+
+
+# The recovery scripts the model answers: NetBSD's tools, spelt exactly (any other script,
+# or a GNU spelling, fails the test). Field names: what the model reads out of a script.
+_LISTING = re.escape(
+    "\nlist() { find \"$@\" \\( -type f -o -type d \\) "
+    "-exec stat -f 'E%t%HT%t%z%t%.9Fm%t%OMp%OLp%t%Su%t%Sg%t%#N' {} + 2>/dev/null; }\nfor p in ") + \
+    r"(?P<paths>.+?)" + re.escape("; do [ -e \"$p\" ] && list \"$p\"; done\n[ ") + r"(?P<queue>yes|no)" + \
+    re.escape(" = yes ] && [ -d ") + r"(?P<queue_dir>\S+)" + re.escape("/mess ] && printf 'Q\\t%s\\n' ") + \
+    re.escape('"$(echo $(( $(du -sk ') + r"(?P=queue_dir)" + re.escape("/mess | cut -f1) * 1024 )))\"\ntrue\n")
+_HASHES = r"for u in (?P<users>[\w -]+|''); do " + re.escape(
+    "h=$(awk -F: -v u=\"$u\" '$1 == u { print $2 }' /etc/master.passwd); "
+    "[ -n \"$h\" ] && printf '%s:%s\\n' \"$u\" \"$h\"; done; true")
+_HOST_VIEW = re.escape("\nfor u in ") + r"(?P<users>[\w -]+|'')" + re.escape(
+    "; do\n  h=$(getent passwd \"$u\" | cut -d: -f6)\n  [ -n \"$h\" ] || continue\n"
+    "  printf 'A\\t%s\\t%s\\0' \"$u\" \"$h\"\n"
+    "  printf 'H\\t%s\\t%s\\0' \"$u\" \"$(awk -F: -v u=\"$u\" '$1 == u { print $2 }' /etc/master.passwd "
+    "| tr -d '\\n' | openssl dgst -sha256 -r | cut -c1-64)\"\ndone\nfor p in ") + r"(?P<paths>.+?)" + re.escape(
+    "; do printf 'X\\t%s\\0' \"$p\"; [ -e \"$p\" ] && find \"$p\" -exec printf 'P\\t%s\\0' {} +; done\n[ -d ") + \
+    r"(?P<requeued>\S+)" + re.escape(" ] && find ") + r"(?P=requeued)" + re.escape(
+    " -type f -exec printf 'R\\t%s\\0' {} +\n"
+    f"for f in $(find {QUEUE}/mess -type f 2>/dev/null); do printf 'M\\t%s\\0' "
+    "\"$(openssl dgst -sha256 -r < \"$f\" | cut -c1-64)\"; done\n"
+    "[ -x /usr/pkg/bin/qmail-queue ] && printf 'Q\\0'\ntrue\n")
+
+
+class ModelRemote:
+    """recovery.Remote (run, output, input) with the model host on the other end: each script
+    is answered from the model's state, each stream written or applied by it."""
+
+    def __init__(self, host: NetBSDHost, name: str):
+        self.host, self.name = host, name
+
+    def run(self, script: str, what: str) -> bytes:
+        self.host.sent.append((what, script, b""))
+        return self.host.run_script(script)
+
+    @contextlib.contextmanager
+    def output(self, script: str, feed: bytes, what: str):
+        self.host.sent.append((what, script, feed))
+        data, status = self.host.pax_write(script, feed)
+        assert status in (0, 1), status
+        stream = io.BytesIO(data)
+        yield stream
+        stream.read()
+
+    @contextlib.contextmanager
+    def input(self, script: str, what: str):
+        stream = io.BytesIO()
+        yield stream
+        self.host.sent.append((what, script, stream.getvalue()))
+        self.host.pax_read(script, stream.getvalue())

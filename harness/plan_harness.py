@@ -73,18 +73,21 @@ def _answering(answer: Answer):
         yield
 
 
-def plan_deploy(data: dict, answer: Answer, name: str = "mail.example.org") -> list[tuple[str, list]]:
-    """The change plan of deploy.py for one host with DATA whose facts ANSWER gives."""
+def plan_deploy(data: dict, answer: Answer, name: str = "mail.example.org",
+                deploy: str = DEPLOY) -> list[tuple[str, list]]:
+    """The change plan of DEPLOY (deploy.py; or backup.py, restore.py, ...) for one host with
+    DATA whose facts ANSWER gives."""
+    deploy = str(deploy)
     inventory = Inventory(([(f"@fake/{name}", {**data, "fake_delay": 0, "fake_delay_jitter": 0})], {}))
     state = State(inventory, Config())
     state.current_stage = StateStage.Prepare
-    state.current_deploy_filename = DEPLOY
+    state.current_deploy_filename = deploy
     host = inventory.get_host(f"@fake/{name}")
     plan = []
     with mock.patch.object(pyinfra, "is_cli", True), _answering(answer), ctx_state.use(state), \
             ctx_config.use(state.config.copy()), ctx_host.use(host):
-        code = compile(Path(DEPLOY).read_text(), DEPLOY, "exec")
-        exec(code, {"__file__": DEPLOY})
+        code = compile(Path(deploy).read_text(), deploy, "exec")
+        exec(code, {"__file__": deploy})
         for op_hash in state.get_op_order():
             op_data = state.get_op_data_for_host(host, op_hash)
             commands = parse_commands(list(op_data.command_generator()))

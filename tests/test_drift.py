@@ -15,7 +15,7 @@ import time
 import pytest
 
 from harness import sandbox
-from harness.dns_server import TestResolver
+from harness.dns_server import DnsServer
 from harness.mail import swaks, wait_for_delivery
 from harness.pyinfra_cli import pyinfra
 from tests.test_verify import verify
@@ -145,7 +145,7 @@ def _spamhaus(refusing: bool):
 
 @pytest.mark.parametrize("refusing", [True, False], ids=["refusing", "answering"])
 def test_a_blocklist_refusing_the_hosts_resolver_is_an_error_naming_it(host, refusing):
-    resolver = TestResolver(_spamhaus(refusing), address=host.gateway)
+    resolver = DnsServer(_spamhaus(refusing), address=host.gateway)
     data = {"dns_forwarders": [f"{host.gateway}@{resolver.port}"],
             "spamdyke_filters": {"reject_empty_rdns": False, "reject_unresolvable_rdns": False,
                                  "reject_ip_in_cc_rdns": False, "dns_blacklists": ["zen.spamhaus.org"],

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from harness import sandbox
-from harness.dns_server import TestResolver
+from harness.dns_server import DnsServer
 from harness.pyinfra_cli import pyinfra
 from qmailhost import dns
 from qmailhost.core import checks
@@ -260,7 +260,7 @@ DNS_CHECKS = (dns.check_dns_mx, dns.check_dns_address, dns.check_dns_ptr, dns.ch
 
 def _dns_results(settings: Settings, zone: dict | None, server_port: int | None = None) -> dict:
     target = checks.Target(settings, debian("13"), ADDRESS, shell=None)
-    resolver = TestResolver(zone) if zone is not None else None
+    resolver = DnsServer(zone) if zone is not None else None
     target.dns = resolver_module.Dns("127.0.0.1", port=resolver.port if resolver else server_port)
     try:
         return {r.name: (r.status, r.reason) for r in checks.run_checks(target, DNS_CHECKS)}

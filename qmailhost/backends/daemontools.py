@@ -130,6 +130,11 @@ def _signal(name: str, link: str, inputs: list[str], signal: str = "t", why: str
     )
 
 
+def restart_stamp(name: str) -> str:
+    """The stamp that records what service NAME was last restarted with."""
+    return f"service-{name}-t"
+
+
 def restart_command(platform: Platform, name: str) -> str:
     """The command restarting service NAME now, if it runs (for restore.py)."""
     link = f"{platform.service_dir}/{name}"

@@ -157,6 +157,11 @@ def settle(platform: Platform) -> None:
     """rc.d scripts start their services synchronously: nothing to wait for."""
 
 
+def restart_stamp(name: str) -> str:
+    """The stamp that records what service NAME was last (re)started with."""
+    return f"service-{rcd_name(name)}"
+
+
 def restart_command(platform: Platform, name: str) -> str:
     """The command restarting service NAME now, if it runs (for restore.py)."""
     script = f"{platform.rcd_dir}/{rcd_name(name)}"

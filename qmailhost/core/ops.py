@@ -191,6 +191,13 @@ def clear_stamps(*stamps: str) -> str:
     return f"mkdir -p {STAMP_DIR} && rm -f " + " ".join(f"{STAMP_DIR}/{stamp}" for stamp in stamps)
 
 
+def remeasure_stamp(stamp: str, measure: str) -> str:
+    """The command measuring again the measured part of STAMP (see stamped's MEASURED) after
+    something else changed those files and restarted what depends on them (restore.py)."""
+    return (f"s={STAMP_DIR}/{stamp}; if [ -f $s ]; then echo \"$(cut -d' ' -f1 $s) $({measure})\" > $s.new "
+            "&& mv -f $s.new $s; fi")
+
+
 def record_stamp(stamp: str, value: str) -> str:
     """The command recording VALUE (a shell word) as STAMP, atomically: the last step of what it stamps."""
     path = f"{STAMP_DIR}/{stamp}"

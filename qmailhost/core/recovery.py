@@ -1,16 +1,17 @@
 """Recovery: what backup.py and restore.py share.
 
-A backup carries what a rebuilt host needs that the inventory does not hold: every
-account's Maildir, the self-signed TLS pair, the accounts' password hashes, the TMDA
-archive if any and, with backup_queue, the queue's pending messages. It is a dated
-directory on the laptop, <backup_dir>/<UTC timestamp>/, everything in it mode 600
-(directories 700), since mail is as private as keys:
+A backup carries what a rebuilt host needs that the inventory does not hold: the files
+the components declare (their BackupPart: accounts, every account's Maildir; tls, the
+self-signed pair; tmda, the TMDA archive), the accounts' password hashes and, with
+backup_queue, the queue's pending messages. It is a dated directory on the laptop,
+<backup_dir>/<UTC timestamp>/, everything in it mode 600 (directories 700), since mail
+is as private as keys:
 
     manifest.json          one record per line: sha256 and size of every stored file;
                            path, owner, group, mode and mtime of every host file
     manifest.json.sha256   the manifest's own sum
-    files/<host path>      Maildir messages, the TLS pair, the TMDA archive
-    shadow                 the accounts' "name:hash" lines (chpasswd -e input)
+    files/<host path>      the components' files: Maildir messages, the TLS pair, the TMDA archive
+    shadow                 the accounts' "name:hash" lines (the platform's password_apply input)
     queue/<id>.msg, .env   pending messages and their qmail-queue envelopes
 
 Transfer: bulk data crosses as one tar stream over OpenSSH's `ssh`, run on the laptop
@@ -19,7 +20,13 @@ and files.put make one SFTP round trip per file, and its shell commands return
 decoded text lines, unfit for binary data. Unchanged messages (same Maildir folder,
 unique name, size and mtime as listed on the host) are hard-linked from the previous
 backup and not transferred again. Restore adds only what the host lacks: it never
-deletes or overwrites mail there.
+deletes or overwrites mail there; a component with its own restore hook (tls) puts its
+files back itself.
+
+Platform: every command run on the host comes from the platform's shell dialect
+(core/platform.py Shell: the listing, the tar streams, the hash and digest tools) and
+its password_apply, so the scripts here hold only POSIX sh. A part's paths are shell
+words such as ~alice/Maildir, expanded on the host (shell_word).
 """
 
 from __future__ import annotations
@@ -40,19 +47,19 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, operation
 from pyinfra.api.exceptions import PyinfraError
 
-from qmailhost.core.component import Component, Setting
+from qmailhost.core.component import BackupPart, Component, Setting, for_platform
 from qmailhost.core.facts import STATE_DIR
-from qmailhost.core.platform import Platform
+from qmailhost.core.platform import DEBIAN_PASSWORD_APPLY, DEBIAN_SHELL, Platform, Shell
 from qmailhost.core.settings import Settings, SettingsError, boolean
 
 FORMAT = "qmailhost-backup 1"
 MANIFEST = "manifest.json"
-TMDA_ARCHIVE = f"{STATE_DIR}/tmda-archive"  # tmda/ ARCHIVE_DIR
 REQUEUED_DIR = f"{STATE_DIR}/requeued"  # one marker per requeued message: idempotent restores
 _STAMP = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 _CHUNK = 1 << 20
@@ -123,6 +130,48 @@ class Remote:
                                 f"{_last_line(result.stderr)}")
         return result.stdout
 
+    @contextlib.contextmanager
+    def output(self, script: str, feed: bytes, what: str) -> Iterator[BinaryIO]:
+        """SCRIPT's stdout as a stream, while FEED goes to its stdin (from another thread: the
+        two pipes must flow at once). Exit status 1, "a file changed or vanished while read"
+        for tar and pax, is accepted; any other failure is one RecoveryError line."""
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(self.command(script), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=errors)
+            feeder = threading.Thread(target=_feed, args=(process.stdin, feed), daemon=True)
+            feeder.start()
+            try:
+                yield process.stdout
+                process.stdout.read()
+            except BaseException:
+                if _exit_status(process) in (0, 1, None):
+                    raise  # our side failed: that error is the one to show
+            finally:
+                feeder.join()
+                status = process.wait()
+            errors.seek(0)
+            if status not in (0, 1):
+                raise RecoveryError(f"host {self.name}: {what} failed (exit {status}): {_last_line(errors.read())}")
+
+    @contextlib.contextmanager
+    def input(self, script: str, what: str) -> Iterator[BinaryIO]:
+        """SCRIPT's stdin as a stream; a one-line RecoveryError when SCRIPT fails or ends early."""
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(self.command(script), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=errors)
+            cut_off = False
+            try:
+                yield process.stdin
+            except BrokenPipeError:
+                cut_off = True  # the host side ended early: its status and error output say why
+            finally:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
+                status = process.wait()
+            errors.seek(0)
+            if status != 0 or cut_off:
+                raise RecoveryError(f"host {self.name}: {what} failed (exit {status}): {_last_line(errors.read())}")
+
 
 _SSH_OPTIONS = {
     "ssh_port": lambda v: ["-p", str(v)],
@@ -154,6 +203,44 @@ def _last_line(stderr: bytes) -> str:
     lines = [line for line in stderr.decode(errors="replace").strip().splitlines()
              if "Exiting with failure status" not in line]
     return lines[-1] if lines else "no error output"
+
+
+# --- what is backed up: the components' parts, in the host's shell -----------------------
+
+
+_TILDE = re.compile(r"~([A-Za-z0-9_][A-Za-z0-9_.-]*)(/.*)?")
+
+
+def backup_parts(platform: Platform) -> list[BackupPart]:
+    """The BackupPart of every component (and of the platform's service backend), in order."""
+    return [component.backup for component in for_platform(platform) if component.backup]
+
+
+def part_paths(parts: Iterable[BackupPart], settings: Settings, platform: Platform) -> list[str]:
+    return [path for part in parts for path in part.paths(settings, platform)]
+
+
+def shell_word(path: str) -> str:
+    """PATH as one shell word for the host's sh: "~user/rest" keeps its ~user prefix unquoted
+    (tilde expansion, to that user's home) and quotes the rest; anything else is quoted whole."""
+    if path.startswith("~"):
+        match = _TILDE.fullmatch(path)
+        if not match:
+            raise RecoveryError(f"refusing the backup path {path!r}: ~ must name a user")
+        rest = match[2] or ""
+        return f"~{match[1]}" + ("/" + shlex.quote(rest[1:]) if rest[1:] else rest)
+    if not path.startswith("/"):
+        raise RecoveryError(f"refusing the backup path {path!r}: not absolute")
+    return shlex.quote(path)
+
+
+def _words(paths: Iterable[str]) -> str:
+    return " ".join(shell_word(p) for p in paths) or "''"
+
+
+def _printf_end(end: str) -> str:
+    """How printf(1) spells the record end END ("\\0" or "\\n")."""
+    return {"\0": "\\0", "\n": "\\n"}[end]
 
 
 # --- files and the manifest --------------------------------------------------------------
@@ -207,6 +294,60 @@ def mtime_ns(text: str) -> int:
     """find's %T@ ("1764230780.1234567890") as whole nanoseconds, exactly."""
     seconds, _, fraction = text.partition(".")
     return int(seconds) * 10**9 + int((fraction + "000000000")[:9])
+
+
+def octal_mode(text: str) -> str:
+    """A mode as octal digits without leading zeros, as find's %m prints it (stat's
+    %OMp%OLp prints "0700" for 700)."""
+    return format(int(text, 8), "o")
+
+
+_VIS_CSTYLE = {ord("n"): b"\n", ord("t"): b"\t", ord("r"): b"\r", ord("s"): b" ", ord("a"): b"\a",
+               ord("b"): b"\b", ord("f"): b"\f", ord("v"): b"\v", ord("E"): b"\x1b", ord("\\"): b"\\"}
+
+
+def unvis(text: str) -> str:
+    """The name vis(3) encoded as TEXT (strunvis: \\ooo octal, C-style \\n \\t \\s ...,
+    \\M- meta, \\^ control); text without a backslash is itself (bytes kept as surrogates)."""
+    if "\\" not in text:
+        return text
+    data, out, i = text.encode(errors="surrogateescape"), bytearray(), 0
+    while i < len(data):
+        c = data[i]
+        i += 1
+        if c != 0x5C or i == len(data):
+            out.append(c)
+            continue
+        c = data[i]
+        i += 1
+        if 0x30 <= c <= 0x37:  # up to three octal digits
+            value, digits = c - 0x30, 1
+            while digits < 3 and i < len(data) and 0x30 <= data[i] <= 0x37:
+                value, digits, i = value * 8 + data[i] - 0x30, digits + 1, i + 1
+            out.append(value & 0xFF)
+        elif c in _VIS_CSTYLE:
+            out += _VIS_CSTYLE[c]
+        elif c == ord("M") and i + 1 < len(data) and data[i] in b"-^":
+            kind, char = data[i], data[i + 1]
+            i += 2
+            out.append(0x80 | (char if kind == ord("-") else (0x7F if char == ord("?") else char & 0x1F)))
+        elif c == ord("^") and i < len(data):
+            out.append(0x7F if data[i] == ord("?") else data[i] & 0x1F)
+            i += 1
+        elif c in (ord("$"), ord("\n")):
+            pass  # a hidden marker, a continued line: nothing
+        else:
+            out.append(c)
+    return out.decode(errors="surrogateescape")
+
+
+def fits_ustar(path: str) -> bool:
+    """Can a ustar archive (what NetBSD's pax writes and reads) hold PATH (relative to /)?"""
+    try:
+        tarfile.TarInfo(path.lstrip("/")).tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    except ValueError:
+        return False
+    return True
 
 
 def _pax_mtime(ns: int) -> str:
@@ -282,17 +423,15 @@ def backups_in(root: Path) -> list[Path]:
 # --- backup: plan (prepare phase, read-only) ---------------------------------------------
 
 
+# One round trip: every file and directory under the components' backup paths (shell
+# words, expanded by the host's sh), and the queue's size when it is carried too.
 _LIST_SCRIPT = r"""
-list() {{ find "$@" \( -type f -o -type d \) -printf 'E\t%y\t%s\t%T@\t%m\t%u\t%g\t%p\0' 2>/dev/null; }}
-for u in {users}; do
-  h=$(getent passwd "$u" | cut -d: -f6)
-  [ -n "$h" ] && [ -d "$h/Maildir" ] && list "$h/Maildir"
-done
-for f in {tls}; do [ -f "$f" ] && list "$f"; done
-[ -d {archive} ] && list {archive}
-[ {queue} = yes ] && [ -d {queue_dir}/mess ] && printf 'Q\t%s\0' "$(du -sb {queue_dir}/mess | cut -f1)"
+list() {{ find "$@" \( -type f -o -type d \) {entries} 2>/dev/null; }}
+for p in {paths}; do [ -e "$p" ] && list "$p"; done
+[ {queue} = yes ] && [ -d {queue_dir}/mess ] && printf 'Q\t%s{end}' "$({usage})"
 true
 """
+_TYPES = {"f": "file", "d": "dir", "Regular File": "file", "Directory": "dir"}  # find's %y, stat's %HT
 
 
 @dataclass
@@ -307,53 +446,70 @@ class BackupPlan:
     previous: Path | None
     queue_dir: str | None  # None: the queue is not backed up
     queue_bytes: int = 0
+    shell: Shell = DEBIAN_SHELL  # the host's dialect (core/platform.py)
 
 
 def plan_backup(remote: Remote, settings: Settings, opts: Options, platform: Platform) -> BackupPlan:
     """List the host, match it against the previous backup, check the laptop side."""
     accounts = tuple(a.name for a in settings.accounts)
     queue_dir = f"{platform.qmail_home}/queue" if opts.backup_queue else None
-    from qmailhost import tls
-
-    listing = _list_for_backup(remote, accounts, tls.paths(platform) if settings.self_signed else (), queue_dir)
-    records, queue_bytes = listing
+    paths = part_paths(backup_parts(platform), settings, platform)
+    records, queue_bytes = _list_for_backup(remote, paths, queue_dir, platform.shell)
     previous = (backups_in(opts.backup_root) or [None])[-1]
     reuse = _reusable(records, previous)
     fetch = [r for r in records if r.kind == "file" and r.path not in reuse]
+    if platform.shell.tar_format == "ustar":
+        _refuse_long_paths(fetch, "backed up")
     fetch_bytes = sum(_blocks(r.size) for r in fetch)
     _check_destination(opts.backup_root, fetch_bytes + _blocks(queue_bytes) + 400 * len(records) + 65536,
                        len(records) - len(reuse) + 16)
     host.log(f"Will fetch {len(fetch)} files (about {_human(fetch_bytes)}) and link {len(reuse)} unchanged ones"
              + (f" from {previous.name}" if previous else ""), logger.info)
     return BackupPlan(remote, settings.hostname, accounts, _new_destination(opts.backup_root), records, fetch,
-                      reuse, previous, queue_dir, queue_bytes)
+                      reuse, previous, queue_dir, queue_bytes, platform.shell)
 
 
-def _list_for_backup(remote: Remote, accounts, tls_files, queue_dir) -> tuple[list[Record], int]:
-    script = _LIST_SCRIPT.format(
-        users=" ".join(shlex.quote(a) for a in accounts) or "''",
-        tls=" ".join(shlex.quote(f) for f in tls_files) or "/nonexistent",
-        archive=TMDA_ARCHIVE, queue="yes" if queue_dir else "no", queue_dir=queue_dir or "/nonexistent")
+def listing_script(paths: Iterable[str], queue_dir: str | None, shell: Shell) -> str:
+    """The script that lists PATHS (and the queue's size) for a backup, in SHELL's dialect."""
+    return _LIST_SCRIPT.format(entries=shell.list_entries, paths=_words(paths), end=_printf_end(shell.list_end),
+                               queue="yes" if queue_dir else "no", queue_dir=queue_dir or "/nonexistent",
+                               usage=shell.disk_usage.format(dir=f"{queue_dir or '/nonexistent'}/mess"))
+
+
+def _list_for_backup(remote: Remote, paths: list[str], queue_dir: str | None,
+                     shell: Shell) -> tuple[list[Record], int]:
+    script = listing_script(paths, queue_dir, shell)
     records, queue_bytes = [], 0
-    for fields in _records(remote.run(script, "listing the files to back up")):
-        if fields[0] == "E" and len(fields) == 8 and not _in_maildir_tmp(fields[7], fields[1]):
+    for fields in _records(remote.run(script, "listing the files to back up"), shell.list_end):
+        if fields[0] == "E" and len(fields) == 8 and fields[1] in _TYPES:
             kind, size, mtime, mode, owner, group, path = fields[1:]
-            records.append(Record(kind="file" if kind == "f" else "dir", path=path, size=int(size),
-                                  mtime_ns=mtime_ns(mtime), mode=mode, owner=owner, group=group))
+            path = unvis(path) if shell.vis_names else path
+            if _in_maildir_tmp(path, _TYPES[kind]):
+                continue
+            records.append(Record(kind=_TYPES[kind], path=path, size=int(size), mtime_ns=mtime_ns(mtime),
+                                  mode=octal_mode(mode), owner=owner, group=group))
         elif fields[0] == "Q":
             queue_bytes = int(fields[1] or 0)
     return records, queue_bytes
 
 
-def _records(output: bytes) -> Iterator[list[str]]:
-    for raw in output.split(b"\0"):
+def _records(output: bytes, end: str = "\0") -> Iterator[list[str]]:
+    for raw in output.split(end.encode()):
         if raw:
             yield raw.decode(errors="surrogateescape").split("\t", 7)
 
 
+def _refuse_long_paths(records: Iterable[Record], what: str) -> None:
+    """A path ustar cannot hold would be skipped by pax with a warning: refuse it up front."""
+    for record in records:
+        if not fits_ustar(record.path):
+            raise RecoveryError(f"{record.path} cannot be {what} on this platform: pax's ustar format holds "
+                                "paths of at most 100 bytes after a 155-byte directory prefix (rename it)")
+
+
 def _in_maildir_tmp(path: str, kind: str) -> bool:
     """A delivery in progress (a file in a Maildir's tmp/): never backed up."""
-    return kind == "f" and path.rsplit("/", 2)[-2:-1] == ["tmp"] and "/Maildir" in path
+    return kind == "file" and path.rsplit("/", 2)[-2:-1] == ["tmp"] and "/Maildir" in path
 
 
 def _reusable(records: list[Record], previous: Path | None) -> dict[str, tuple[Path, str]]:
@@ -472,9 +628,8 @@ def _fetch_changed(plan: BackupPlan, partial: Path) -> list[Record]:
         return []
     wanted = {r.path.lstrip("/"): r for r in plan.fetch}
     names = b"".join(name.encode(errors="surrogateescape") + b"\0" for name in wanted)
-    script = "tar -C / --no-recursion --null --verbatim-files-from -T - --ignore-failed-read -cf -"
     fetched = []
-    with _tar_from(plan.remote, script, names, "streaming the files to back up") as archive:
+    with _tar_from(plan.remote, plan.shell.tar_create, names, "streaming the files to back up") as archive:
         for member in archive:
             record = wanted.get(member.name)
             if record is None or not member.isfile():
@@ -486,27 +641,11 @@ def _fetch_changed(plan: BackupPlan, partial: Path) -> list[Record]:
 
 @contextlib.contextmanager
 def _tar_from(remote: Remote, script: str, feed: bytes, what: str) -> Iterator[tarfile.TarFile]:
-    """The tar SCRIPT writes on the host, read as a stream while FEED goes to its stdin (from
-    another thread: the two pipes must flow at once). Exit status 1 of tar, "a file changed
-    or vanished while read", is accepted; any other failure is one RecoveryError line."""
-    with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(remote.command(script), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=errors)
-        feeder = threading.Thread(target=_feed, args=(process.stdin, feed), daemon=True)
-        feeder.start()
-        try:
-            with tarfile.open(fileobj=process.stdout, mode="r|", bufsize=_CHUNK) as archive:
-                yield archive
-            process.stdout.read()
-        except BaseException:
-            if _exit_status(process) in (0, 1, None):
-                raise  # our side failed: that error is the one to show
-        finally:
-            feeder.join()
-            status = process.wait()
-        errors.seek(0)
-        if status not in (0, 1):
-            raise RecoveryError(f"host {remote.name}: {what} failed (exit {status}): {_last_line(errors.read())}")
+    """The tar (or pax) stream SCRIPT writes on the host, read while FEED goes to its stdin
+    (Remote.output: exit status 1, a file that changed or vanished, is accepted)."""
+    with remote.output(script, feed, what) as stream, tarfile.open(fileobj=stream, mode="r|",
+                                                                  bufsize=_CHUNK) as archive:
+        yield archive
 
 
 def _exit_status(process: subprocess.Popen) -> int | None:
@@ -525,17 +664,23 @@ def _feed(pipe, data: bytes) -> None:
         pipe.close()
 
 
+def hashes_script(accounts: Iterable[str], shell: Shell) -> str:
+    """Prints "name:hash" of each of ACCOUNTS that has a hash (the platform's password field)."""
+    users = " ".join(shlex.quote(a) for a in accounts) or "''"
+    return (f"for u in {users}; do h=$({shell.password_field}); "
+            "[ -n \"$h\" ] && printf '%s:%s\\n' \"$u\" \"$h\"; done; true")
+
+
 def _save_shadow(plan: BackupPlan, partial: Path) -> Record:
     """The accounts' password hashes, into `shadow` (mode 600); never printed."""
-    users = " ".join(shlex.quote(a) for a in plan.accounts) or "''"
-    lines = plan.remote.run(f"getent shadow {users} | cut -d: -f1,2; true", "reading the password hashes")
+    lines = plan.remote.run(hashes_script(plan.accounts, plan.shell), "reading the password hashes")
     return _write_private(partial, "shadow", "shadow", lines)
 
 
 def _save_queue(plan: BackupPlan, partial: Path) -> list[Record]:
     """Each pending message as queue/<id>.msg and its qmail-queue envelope as queue/<id>.env."""
     queue, messages = {}, {}
-    script = f"cd {plan.queue_dir} && tar --ignore-failed-read -cf - mess info local remote todo"
+    script = f"cd {plan.queue_dir} && {plan.shell.tar_trees} mess info local remote todo"
     with _tar_from(plan.remote, script, b"", "streaming the queue") as archive:
         for member in archive:
             if not member.isfile():
@@ -638,17 +783,19 @@ def verify(directory: Path, records: list[Record]) -> None:
 # --- restore: what the host has (prepare phase, read-only) -------------------------------
 
 
+# One round trip: the accounts' homes and the sha256 of their hashes (never the hashes),
+# where each generic part's paths lead on this host ("X": the shell word, expanded) and
+# every path under them, the restore markers, the queue's messages, and qmail itself.
 _HOST_SCRIPT = r"""
 for u in {users}; do
   h=$(getent passwd "$u" | cut -d: -f6)
   [ -n "$h" ] || continue
   printf 'A\t%s\t%s\0' "$u" "$h"
-  printf 'H\t%s\t%s\0' "$u" "$(getent shadow "$u" | cut -d: -f2 | tr -d '\n' | sha256sum | cut -c1-64)"
-  [ -d "$h/Maildir" ] && find "$h/Maildir" -printf 'P\t%p\0'
+  printf 'H\t%s\t%s\0' "$u" "$({password_field} | tr -d '\n' | {sha256} | cut -c1-64)"
 done
-[ -d {archive} ] && find {archive} -printf 'P\t%p\0'
-[ -d {requeued} ] && find {requeued} -type f -printf 'R\t%f\0'
-for f in $(find {queue}/mess -type f 2>/dev/null); do printf 'M\t%s\0' "$(sha256sum < "$f" | cut -c1-64)"; done
+for p in {paths}; do printf 'X\t%s\0' "$p"; [ -e "$p" ] && find "$p" {print_p}; done
+[ -d {requeued} ] && find {requeued} -type f {print_r}
+for f in $(find {queue}/mess -type f 2>/dev/null); do printf 'M\t%s\0' "$({sha256} < "$f" | cut -c1-64)"; done
 [ -x {qmail_queue} ] && printf 'Q\0'
 true
 """
@@ -658,27 +805,43 @@ true
 class HostView:
     homes: dict[str, str] = field(default_factory=dict)  # account -> home
     hash_sums: dict[str, str] = field(default_factory=dict)  # account -> sha256 of its hash
+    roots: list[str] = field(default_factory=list)  # the generic parts' paths, expanded on the host
     keys: set[str] = field(default_factory=set)  # message_key of every path under the roots
     requeued: set[str] = field(default_factory=set)  # ids of messages requeued by an earlier restore
     queued: set[str] = field(default_factory=set)  # sha256 of every message in the host's queue
     has_qmail: bool = False
 
 
-def look_at_host(remote: Remote, backup: Backup, platform: Platform) -> HostView:
-    script = _HOST_SCRIPT.format(
-        users=" ".join(shlex.quote(a) for a in backup.header["accounts"]) or "''", archive=TMDA_ARCHIVE,
-        requeued=REQUEUED_DIR, queue=f"{platform.qmail_home}/queue",
-        qmail_queue=f"{platform.qmail_home}/bin/qmail-queue")
+def generic_parts(platform: Platform) -> list[BackupPart]:
+    """The parts whose files restore puts back itself: those without a restore hook."""
+    return [part for part in backup_parts(platform) if part.restore is None]
+
+
+def host_script(accounts: Iterable[str], paths: Iterable[str], platform: Platform) -> str:
+    """The script look_at_host runs, in PLATFORM's dialect."""
+    shell = platform.shell
+    return _HOST_SCRIPT.format(
+        users=" ".join(shlex.quote(a) for a in accounts) or "''", paths=_words(paths),
+        password_field=shell.password_field, sha256=shell.sha256,
+        print_p=shell.find_print.format(tag="P"), print_r=shell.find_print.format(tag="R"),
+        requeued=REQUEUED_DIR, queue=f"{platform.qmail_home}/queue", qmail_queue=f"{platform.qmail_bin}/qmail-queue")
+
+
+def look_at_host(remote: Remote, backup: Backup, platform: Platform, settings: Settings) -> HostView:
+    script = host_script(backup.header["accounts"], part_paths(generic_parts(platform), settings, platform),
+                         platform)
     view = HostView()
     for fields in _records(remote.run(script, "listing what the host already has")):
         kind, rest = fields[0], "\t".join(fields[1:])
         if kind in ("A", "H"):
             account, _, value = rest.partition("\t")
             (view.homes if kind == "A" else view.hash_sums)[account] = value
+        elif kind == "X" and _plain(rest.rstrip("/") or "/", absolute=True):
+            view.roots.append(rest.rstrip("/"))  # (an unexpanded ~user: no such user here)
         elif kind == "P":
             view.keys.add(message_key(rest))
         elif kind == "R":
-            view.requeued.add(rest)
+            view.requeued.add(rest.rsplit("/", 1)[-1])
         elif kind == "M":
             view.queued.add(rest)
         elif kind == "Q":
@@ -697,9 +860,9 @@ def require_deployed(view: HostView, backup: Backup, name: str) -> None:
 
 
 def restore_roots(backup: Backup, view: HostView) -> tuple[str, ...]:
-    """Where restore may write files: the Maildirs of accounts on the host, the TMDA archive."""
-    return (*(f"{home}/Maildir" for account, home in view.homes.items() if account in backup.header["accounts"]),
-            TMDA_ARCHIVE)
+    """Where restore may write files: where the generic parts' paths lead on this host (the
+    Maildirs of the accounts it has, the TMDA archive); never a part with its own hook."""
+    return tuple(view.roots)
 
 
 def missing_files(backup: Backup, view: HostView) -> list[Record]:
@@ -739,39 +902,29 @@ def pending_messages(backup: Backup, view: HostView) -> list[tuple[str, bytes, b
 
 
 @operation()
-def restore_files(remote: Remote, backup: Backup, missing: list[Record]):
-    """Add MISSING files (and directories) from BACKUP, owners, modes and mtimes kept;
-    tar --skip-old-files: nothing already on the host is overwritten."""
+def restore_files(remote: Remote, backup: Backup, missing: list[Record], shell: Shell = DEBIAN_SHELL):
+    """Add MISSING files (and directories) from BACKUP, owners, modes and mtimes kept, with the
+    host's tar_extract (GNU tar --skip-old-files, pax -k): nothing on the host is overwritten."""
     if not missing:
         host.noop(f"every message and file of {backup.directory.name} is on the host")
         return
+    if shell.tar_format == "ustar":
+        _refuse_long_paths(missing, "restored")
     files = sum(1 for r in missing if r.kind == "file")
     host.log(f"Will add {files} files and {len(missing) - files} directories from {backup.directory}", logger.info)
-    yield FunctionCommand(send_files, (remote, backup.directory, missing), {})
+    yield FunctionCommand(send_files, (remote, backup.directory, missing, shell), {})
 
 
-def send_files(remote: Remote, directory: Path, records: list[Record]) -> None:
-    """Stream RECORDS to the host as one tar (pax: exact mtimes, any file name)."""
-    script = "tar -C / --skip-old-files --same-owner -xpf -"
-    with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(remote.command(script), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                   stderr=errors)
-        cut_off = False
-        try:
-            with tarfile.open(fileobj=process.stdin, mode="w|", format=tarfile.PAX_FORMAT,
-                              bufsize=_CHUNK) as archive:
-                for record in records:
-                    _add(archive, directory, record)
-        except BrokenPipeError:
-            cut_off = True  # the host side ended early: its status and error output say why
-        finally:
-            with contextlib.suppress(OSError):
-                process.stdin.close()
-            status = process.wait()
-        errors.seek(0)
-        if status != 0 or cut_off:
-            raise RecoveryError(f"host {remote.name}: restoring files failed (exit {status}): "
-                                f"{_last_line(errors.read())}")
+_TAR_FORMATS = {"pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}
+
+
+def send_files(remote: Remote, directory: Path, records: list[Record], shell: Shell = DEBIAN_SHELL) -> None:
+    """Stream RECORDS to the host as one tar in the format its tar_extract reads: pax
+    (exact mtimes, any file name) for GNU tar, ustar (whole seconds) for NetBSD's pax."""
+    with remote.input(shell.tar_extract, "restoring files") as stream, \
+            tarfile.open(fileobj=stream, mode="w|", format=_TAR_FORMATS[shell.tar_format], bufsize=_CHUNK) as archive:
+        for record in records:
+            _add(archive, directory, record)
 
 
 def _add(archive: tarfile.TarFile, directory: Path, record: Record) -> None:
@@ -780,7 +933,8 @@ def _add(archive: tarfile.TarFile, directory: Path, record: Record) -> None:
     info.mode = int(record.mode, 8)
     info.uname, info.gname = record.owner, record.group
     info.mtime = record.mtime_ns // 10**9
-    info.pax_headers = {"mtime": _pax_mtime(record.mtime_ns)}
+    if archive.format == tarfile.PAX_FORMAT:
+        info.pax_headers = {"mtime": _pax_mtime(record.mtime_ns)}
     if record.kind == "file":
         info.size = record.size
         with open(directory / record.stored, "rb") as handle:
@@ -789,19 +943,22 @@ def _add(archive: tarfile.TarFile, directory: Path, record: Record) -> None:
         archive.addfile(info)
 
 
+RESTORE_HASHES = "/root/.qmailhost-chpasswd-restore"
+
+
 @operation()
-def restore_password_hashes(hashes: dict[str, str]):
-    """Set the accounts' hashes to HASHES through an uploaded file and chpasswd -e; the
-    hashes never appear on a command line or in output."""
+def restore_password_hashes(hashes: dict[str, str], apply: str = DEBIAN_PASSWORD_APPLY):
+    """Set the accounts' hashes to HASHES through an uploaded "name:hash" file that the
+    platform's APPLY ({file}: chpasswd -e, or NetBSD's master.passwd rewrite) feeds to the
+    password database and removes; the hashes never appear on a command line or in output."""
     if not hashes:
         host.noop("every account's password hash is the backed-up one")
         return
     host.log(f"Will restore the password hash of {', '.join(sorted(hashes))}", logger.info)
     data = "".join(f"{account}:{hashed}\n" for account, hashed in sorted(hashes.items())).encode()
-    temp = "/root/.qmailhost-chpasswd-restore"
-    yield f"umask 077 && : > {temp}"
-    yield FileUploadCommand(BytesIO(data), temp, remote_temp_filename=temp)
-    yield f"chmod 600 {temp} && chpasswd -e < {temp}; status=$?; rm -f {temp}; exit $status"
+    yield f"umask 077 && : > {RESTORE_HASHES}"
+    yield FileUploadCommand(BytesIO(data), RESTORE_HASHES, remote_temp_filename=RESTORE_HASHES)
+    yield apply.format(file=RESTORE_HASHES)
 
 
 @operation()

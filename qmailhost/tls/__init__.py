@@ -56,6 +56,11 @@ class Pair:
     measured: tuple[str, str | None] | None = None
 
 
+def _measure(platform: Platform, cert: str) -> str:
+    """The command printing the SHA256 of the certificate on the host (what a restart is stamped with)."""
+    return f"{platform.shell.sha256} < {shlex.quote(cert)} | cut -c1-64"
+
+
 def _remade(hostname: str) -> bool:
     """Will this run make the self-signed pair anew (none, another name, or about to expire)?"""
     current = host_state()["cert"]
@@ -84,7 +89,7 @@ def configure(platform: Platform, settings: Settings) -> Pair:
         self_signed_certificate(name=f"Make a self-signed certificate for {settings.hostname}",
                                 hostname=settings.hostname, cert=cert, key=key)
         now = None if remade else host_state()["cert"]["sha256"]
-        return Pair("self-signed", measured=(f"{platform.shell.sha256} < {shlex.quote(cert)} | cut -c1-64", now))
+        return Pair("self-signed", measured=(_measure(platform, cert), now))
     cert_data, key_data = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
     rewritten = ops.differs(cert, cert_data) or ops.differs(key, key_data)
     ops.whole_file(name="Install the TLS certificate", dest=cert, content=cert_data.decode())
@@ -157,8 +162,11 @@ def restore(platform: Platform, settings: Settings, backup) -> None:
                              mode=cert.mode, user=cert.owner, group=cert.group)
     key_op = ops.secret_file(name="Restore the TLS key", dest=key_path, data=backup.read(key), mode=key.mode,
                              user=key.owner, group=key.group)
+    backend = services.backend(platform)
+    measure = _measure(platform, cert_path)  # as configure() measures it
     server.shell(name="Restart stunnel (the TLS pair changed)", _if=any_changed(cert_op, key_op),
-                 commands=[services.backend(platform).restart_command(platform, "stunnel")])
+                 commands=[backend.restart_command(platform, "stunnel"),
+                           ops.remeasure_stamp(backend.restart_stamp("stunnel"), measure)])
 
 
 # --- status checks --------------------------------------------------------------------------
