@@ -11,6 +11,7 @@ import re
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 
 import pytest
 
@@ -68,18 +69,46 @@ def host_certificate(host: sandbox.Host) -> bytes:
     return ssl.PEM_cert_to_DER_cert(host.ssh(f"cat {CERT}").stdout)
 
 
-def test_a_hand_edited_run_script_is_repaired_on_disk_and_in_the_running_service(host):
-    run = "/etc/service/qmail-ofmipd/run"
-    host.ssh(f"sed -i 's/ 127.0.0.1 26 / 0 26 /' {run} && grep -q ' 0 26 ' {run} && svc -t /etc/service/qmail-ofmipd")
-    wait_for(lambda: reachable(host, 26), "the hand-edited ofmipd listening on 0.0.0.0:26")
-    dry = pyinfra(host, "--dry", data=QUIET)
-    assert set(dry.planned()) == {"Write the run script of qmail-ofmipd", "Restart qmail-ofmipd"}
+@dataclass(frozen=True)
+class Breakage:
+    name: str
+    command: str  # done by hand over SSH
+    repair: frozenset[str]  # the operations --dry --diff must show, and the deploy run
+    broken: str = "true"  # a command that succeeds on the broken host (the breakage took)
+
+
+BREAKAGES = [
+    Breakage("ofmipd listening on 0.0.0.0",
+             "sed -i 's/ 127.0.0.1 26 / 0 26 /' /etc/service/qmail-ofmipd/run && svc -t /etc/service/qmail-ofmipd",
+             frozenset({"Write the run script of qmail-ofmipd", "Restart qmail-ofmipd"}),
+             broken="sleep 2; ss -ltn | grep -q '0.0.0.0:26 '"),
+    Breakage("an open-relay smtp.cdb",
+             "printf ':allow,RELAYCLIENT=\"\"\\n' | tcprules /etc/tcp/smtp.cdb /etc/tcp/smtp.tmp",
+             frozenset({"Compile smtp.cdb"})),
+    Breakage("stunnel allowing TLS 1.0",
+             "sed -i 's/^sslVersionMin = .*/sslVersionMin = TLSv1/' /etc/qmailhost/stunnel.conf "
+             "&& svc -t /etc/service/stunnel",
+             frozenset({"Write stunnel's config", "Restart stunnel"})),
+    Breakage("a deleted certificate", f"rm -f {CERT} /etc/qmailhost/tls/key.pem",
+             frozenset({"Make a self-signed certificate for mail.sandbox.test", "Restart stunnel"})),
+    Breakage("a stopped service", "svc -d /etc/service/qmail-smtpd",
+             frozenset({"Start qmail-smtpd (it was stopped)"}), broken="sleep 1; svstat /etc/service/qmail-smtpd "
+             "| grep -q ': down'"),
+]
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES, ids=[b.name for b in BREAKAGES])
+def test_a_hand_breakage_is_shown_then_repaired_on_disk_and_in_the_running_service(host, breakage):
+    host.ssh(breakage.command)
+    host.ssh(breakage.broken)
+    dry = pyinfra(host, "--dry", "--diff", data=QUIET)
+    assert set(dry.planned()) == breakage.repair, dry.output[-3000:]
     real = pyinfra(host, data=QUIET)
     assert sorted(real.changed()) == sorted(dry.planned())
-    wait_for(lambda: not reachable(host, 26), "port 26 closed to the outside again")
+    checked = verify(host)  # no second run: the one deploy repaired the running host
+    assert checked.returncode == 0 and "error" not in checked.statuses().values(), checked.output[-3000:]
+    assert not reachable(host, 26)
     assert pyinfra(host, data=QUIET).changed() == []
-    checked = verify(host)
-    assert checked.results["loopback_ports_closed"][0] == "ok", checked.output[-2000:]
 
 
 def test_a_pair_made_anew_on_the_host_is_the_one_served(host):

@@ -72,6 +72,12 @@ BAD_SETTINGS = {
     "unknown source component": ({"sources": {"postfix": {}}}, "sources"),
     "unpinned version without checksum": ({"sources": {"notqmail": {"version": "1.09"}}}, "sources.notqmail"),
     "bad virtual domain entry": ({"virtualdomains": {"lists.example.org": "bad prefix!"}}, "virtualdomains"),
+    "misspelt setting (the rollback would silently not happen)": ({"submision": "spamdyke"}, "submision"),
+    "a string where a list of zones goes": ({"spamdyke_filters": {"dns_blacklists": "zen.spamhaus.org"}},
+                                           "spamdyke_filters.dns_blacklists"),
+    "a string where true or false goes": ({"spamdyke_filters": {"reject_empty_rdns": "no"}},
+                                         "spamdyke_filters.reject_empty_rdns"),
+    "a forwarder that is no address": ({"dns_forwarders": ["resolver.example"]}, "dns_forwarders"),
 }
 
 

@@ -93,3 +93,26 @@ def test_the_example_inventory_is_valid(monkeypatch, tmp_path):
     (name, data), = runpy.run_path(str(example))["mail_hosts"]
     s = Settings.from_host_data(data, inventory_name=name)
     assert s.domains == ("example.org", "example.net") and s.aliases["info"] == "bob"
+
+
+def test_a_misspelt_setting_is_refused_and_named_with_the_likely_one():
+    with pytest.raises(SettingsError, match=r"setting 'submision': is not a setting, and would be ignored; "
+                                           r"did you mean 'submission'\?"):
+        settings(accounts=ALICE, submision="spamdyke")
+
+
+def test_pyinfra_s_own_host_data_is_no_misspelt_setting():
+    s = settings(accounts=ALICE, ssh_port=2222, ssh_user="root", _sudo=True, ssh_key="~/.ssh/id")
+    assert s.smtp_port == 25
+
+
+@pytest.mark.parametrize("filters, setting", [
+    ({"dns_blacklists": "zen.spamhaus.org"}, "spamdyke_filters.dns_blacklists"),
+    ({"dns_blacklists": ["not a zone!"]}, "spamdyke_filters.dns_blacklists"),
+    ({"greeting_delay_secs": "5"}, "spamdyke_filters.greeting_delay_secs"),
+    ({"reject_empty_rdns": 1}, "spamdyke_filters.reject_empty_rdns"),
+])
+def test_nested_settings_are_checked_by_type(filters, setting):
+    with pytest.raises(SettingsError) as refused:
+        settings(accounts=ALICE, spamdyke_filters=filters)
+    assert refused.value.setting == setting

@@ -110,6 +110,12 @@ def interrupted_deploy_recovers(host: sandbox.Host, after_seconds: float) -> Non
     except subprocess.TimeoutExpired:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
+    # Whatever the kill left half done, nothing it left is readable by others (secrets are
+    # uploaded into files made private first).
+    left = host.ssh("find / -xdev \\( -name '*.qmailhost-new' -o -name '.qmailhost-chpasswd-*' \\) "
+                    "-type f -printf '%m %p\\n' 2>/dev/null; true").stdout.split("\n")
+    readable = [line for line in left if line and int(line.split()[0], 8) & 0o044]
+    assert readable == [], f"left behind, readable by others: {readable}"
     pyinfra(host)
     msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
     submit_when_up(host, USER, sandbox.sandbox_password(), msg)
