@@ -1,4 +1,4 @@
-"""The built-in target: a throwaway Debian host on this machine (see tests/sandbox.py).
+"""The built-in target: a throwaway Debian host on this machine (see harness/sandbox.py).
 
     pyinfra inventory/sandbox.py deploy.py
 

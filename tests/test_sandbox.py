@@ -78,7 +78,7 @@ def test_teardown_leaves_no_mount_namespace_veth_or_process(sandbox_ready):
 
 def test_leftovers_of_a_killed_run_are_reaped(sandbox_ready):
     """A test process killed mid-run leaves a host behind; the next run's start removes it."""
-    code = ("import time; from tests import sandbox; h = sandbox.create('orphan-%d' % __import__('os').getpid()); "
+    code = ("import time; from harness import sandbox; h = sandbox.create('orphan-%d' % __import__('os').getpid()); "
             "print(h.name, flush=True); time.sleep(600)")
     child = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT, stdout=subprocess.PIPE, text=True)
     name = child.stdout.readline().strip()

@@ -68,7 +68,7 @@ def users(platform: Platform) -> None:
 
 def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, str]) -> None:
     if "notqmail" not in platform.builds_from_source:
-        return  # a package provides it (tasks/packages.py)
+        return  # a package provides it (backends/packages.py)
     builds.build(
         "notqmail", "Build and install notqmail", "qmail/build.sh",
         args=[distfiles["notqmail"]], inputs=[checksums["notqmail"], platform.qmail_home],

@@ -1,9 +1,9 @@
 """A deploy of the base packages only: the harness's proof, and the benchmark floor."""
 
 from pyinfra import host
-from tasks import packages
-from tasks.platform import detect
-from tasks.settings import Settings
+from qmailhost.backends import packages
+from qmailhost.core.platform import detect
+from qmailhost.core.settings import Settings
 
 Settings.from_host_data(host.data.dict(), inventory_name=host.name)
 packages.install(detect())
