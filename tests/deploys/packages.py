@@ -1,6 +1,7 @@
 """A deploy of the base packages only: the harness's proof, and the benchmark floor."""
 
 from pyinfra import host
+
 from qmailhost.backends import packages
 from qmailhost.core.platform import detect
 from qmailhost.core.settings import Settings
