@@ -92,7 +92,7 @@ BREAKAGES = [
     Breakage("a deleted certificate", f"rm -f {CERT} /etc/qmailhost/tls/key.pem",
              frozenset({"Make a self-signed certificate for mail.sandbox.test", "Restart stunnel"})),
     Breakage("a stopped service", "svc -d /etc/service/qmail-smtpd",
-             frozenset({"Start qmail-smtpd (it was stopped)"}), broken="sleep 1; svstat /etc/service/qmail-smtpd "
+             frozenset({"Enable service qmail-smtpd"}), broken="sleep 1; svstat /etc/service/qmail-smtpd "
              "| grep -q ': down'"),
 ]
 

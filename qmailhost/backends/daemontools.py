@@ -63,8 +63,7 @@ def declare(platform: Platform, service: Service) -> None:
     link = f"{platform.service_dir}/{name}"
     if (ops.managed_path(link) or {}).get("target") != directory:
         _NEW_LINKS.setdefault(host.name, []).append(link)  # decided now: operations may run later
-    enable(name=f"Enable service {name}", link=link, directory=directory)
-    up(name=f"Start {name} (it was stopped)", service=name, link=link)
+    enable(name=f"Enable service {name}", link=link, directory=directory, service=name)
     # A run script that differs on the host (edited by hand, an old one) may be what runs now.
     rewritten = service.rewritten or ops.differs(f"{directory}/run", service.run)
     _signal(name, link, [service.run, *service.reads_at_start], rewritten=rewritten, measured=service.measured)
@@ -86,23 +85,18 @@ def unlinked(link: str):
 
 
 @operation()
-def enable(link: str, directory: str):
-    """Link DIRECTORY into svscan's directory (settle() then waits for supervise)."""
+def enable(link: str, directory: str, service: str):
+    """Link DIRECTORY into svscan's directory (settle() then waits for supervise), and keep
+    the service up: supervise holds it down only when told to (svc -d by hand), and a deploy
+    says the services run."""
     current = ops.managed_path(link)
     if current and current.get("target") == directory:
-        host.noop(f"{link} is enabled")
+        if service in host_state().get("down", set()):
+            yield f"svc -u {link}"
+            return
+        host.noop(f"{link} is enabled and up")
         return
     yield f"ln -sfn {directory} {link}.qmailhost-new && mv -fT {link}.qmailhost-new {link}"
-
-
-@operation()
-def up(service: str, link: str):
-    """SERVICE is up: supervise keeps it down only when told to (svc -d by hand), and a deploy
-    says the services run."""
-    if service not in host_state().get("down", set()):
-        host.noop(f"{service} is not held down")
-        return
-    yield f"svc -u {link}"
 
 
 def settle(platform: Platform) -> None:
