@@ -11,6 +11,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -74,14 +75,14 @@ class Breakage:
     name: str
     command: str  # done by hand over SSH
     repair: frozenset[str]  # the operations --dry --diff must show, and the deploy run
-    broken: str = "true"  # a command that succeeds on the broken host (the breakage took)
+    broken: Callable[[sandbox.Host], bool] = lambda host: True  # true once the breakage took
 
 
 BREAKAGES = [
     Breakage("ofmipd listening on 0.0.0.0",
              "sed -i 's/ 127.0.0.1 26 / 0 26 /' /etc/service/qmail-ofmipd/run && svc -t /etc/service/qmail-ofmipd",
              frozenset({"Write the run script of qmail-ofmipd", "Restart qmail-ofmipd"}),
-             broken="sleep 2; ss -ltn | grep -q '0.0.0.0:26 '"),
+             broken=lambda host: reachable(host, 26)),
     Breakage("an open-relay smtp.cdb",
              "printf ':allow,RELAYCLIENT=\"\"\\n' | tcprules /etc/tcp/smtp.cdb /etc/tcp/smtp.tmp",
              frozenset({"Compile smtp.cdb"})),
@@ -92,15 +93,15 @@ BREAKAGES = [
     Breakage("a deleted certificate", f"rm -f {CERT} /etc/qmailhost/tls/key.pem",
              frozenset({"Make a self-signed certificate for mail.sandbox.test", "Restart stunnel"})),
     Breakage("a stopped service", "svc -d /etc/service/qmail-smtpd",
-             frozenset({"Enable service qmail-smtpd"}), broken="sleep 1; svstat /etc/service/qmail-smtpd "
-             "| grep -q ': down'"),
+             frozenset({"Enable service qmail-smtpd"}),
+             broken=lambda host: ": down" in host.ssh("svstat /etc/service/qmail-smtpd").stdout),
 ]
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=[b.name for b in BREAKAGES])
 def test_a_hand_breakage_is_shown_then_repaired_on_disk_and_in_the_running_service(host, breakage):
     host.ssh(breakage.command)
-    host.ssh(breakage.broken)
+    wait_for(lambda: breakage.broken(host), f"{breakage.name} taking effect")
     dry = pyinfra(host, "--dry", "--diff", data=QUIET)
     assert set(dry.planned()) == breakage.repair, dry.output[-3000:]
     real = pyinfra(host, data=QUIET)
