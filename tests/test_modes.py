@@ -177,6 +177,8 @@ def assert_submission_guarded(host: sandbox.Host, refusal: bytes) -> None:
         sent = swaks(host, USER, sandbox.sandbox_password(), subject, auth=mechanism)
         assert re.search(r"<~ +250[ -]AUTH .*PLAIN", sent.stdout), sent.stdout[-2000:]
         wait_for_delivery(host, USER, subject)
+    refused = swaks(host, USER, sandbox.sandbox_password(), f"no auth {uuid.uuid4().hex}", login=False, check=False)
+    assert refused.returncode != 0 and re.search(r"<~\* +5\d\d", refused.stdout), refused.stdout[-2000:]
 
 
 def test_round_trip_ofmipd_spamdyke_ofmipd_loses_nothing(tmda_era_host):

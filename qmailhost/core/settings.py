@@ -69,7 +69,7 @@ class Settings:
     @classmethod
     def from_host_data(cls, data: dict, inventory_name: str = "") -> Settings:
         """Validate host data into Settings, or raise SettingsError (one line)."""
-        declared = [(component, setting) for component in components() for setting in component.settings]
+        declared = declared_settings()
         _no_misspelt_setting(data, {setting.name for _, setting in declared})
         values: dict = {"inventory_name": inventory_name}
         for _, setting in declared:
