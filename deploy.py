@@ -54,6 +54,7 @@ builds.run_all()  # side by side, each only when its inputs changed
 
 # Configuration
 control = qmail.configure(platform, settings)
+qmail.outbound_tls.configure(platform, settings)
 qmail.aliases(platform, settings)
 qmail.sendmail(platform)
 accounts.configure(platform, settings)
@@ -61,7 +62,7 @@ tls_pair = tls.configure(platform, settings)
 
 # Services (daemontools or rc.d: qmailhost/backends/services.py)
 services.backend(platform).supervisor(platform)
-qmail.service(platform, control, checksums.get("notqmail", "pkgsrc"))
+qmail.service(platform, control, qmail.build_identity(checksums))
 resolver.configure(platform, settings)
 smtpd.configure(platform, settings)
 submission.configure(platform, settings, mode)

@@ -1,5 +1,5 @@
 """SMTP from the laptop's side, as a mail client would: submission with STARTTLS and
-AUTH on 587, plain SMTP on 25, and a look into a Maildir on the host."""
+AUTH on 587 or implicit TLS on 465, plain SMTP on 25, and a look into a Maildir on the host."""
 
 from __future__ import annotations
 
@@ -33,14 +33,20 @@ def message(sender: str, recipient: str, subject: str | None = None) -> EmailMes
 
 
 def submit(host: Host, user: str, password: str, msg: EmailMessage, mechanism: str | None = None,
-           port: int = 587) -> None:
-    """Submit MSG on PORT as a mail client does: STARTTLS, EHLO again, then log in with what
-    that EHLO offers (smtplib's login(), which refuses a server that offers no AUTH), or with
-    MECHANISM as a client set to it would (refused unless the EHLO offers it). Raises on any refusal."""
-    with smtplib.SMTP(host.address, port, timeout=30) as client:
+           port: int = 587, implicit_tls: bool = False) -> None:
+    """Submit MSG on PORT as a mail client does: STARTTLS and EHLO again (or, IMPLICIT_TLS, TLS
+    from the first byte, as on 465, and one EHLO), then log in with what that EHLO offers
+    (smtplib's login(), which refuses a server that offers no AUTH), or with MECHANISM as a
+    client set to it would (refused unless the EHLO offers it). Raises on any refusal."""
+    if implicit_tls:
+        client = smtplib.SMTP_SSL(host.address, port, timeout=30, context=tls_context())
+    else:
+        client = smtplib.SMTP(host.address, port, timeout=30)
+    with client:
         client.ehlo("laptop.test")
-        client.starttls(context=tls_context())
-        client.ehlo("laptop.test")
+        if not implicit_tls:
+            client.starttls(context=tls_context())
+            client.ehlo("laptop.test")
         if mechanism is None:
             client.login(user, password)
         else:

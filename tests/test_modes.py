@@ -112,21 +112,30 @@ def test_old_mail_is_untouched_and_submission_works(tmda_era_host):
 
 
 class Submitter(threading.Thread):
-    """Submits mail continuously over 587 (STARTTLS + AUTH) until stopped; remembers
-    which messages were accepted and when submission was refused."""
+    """Submits mail continuously over PORT (587: STARTTLS; 465: implicit TLS; then AUTH)
+    until stopped; remembers which messages were accepted, and each refusal window (from
+    the first refusal to the next acceptance)."""
 
-    def __init__(self, host: sandbox.Host):
+    def __init__(self, host: sandbox.Host, port: int = 587):
         super().__init__(daemon=True)
-        self.host, self.accepted, self.refusals, self.stopping = host, [], [], threading.Event()
+        self.host, self.port, self.accepted, self.refusals, self.stopping = host, port, [], [], threading.Event()
+        self.windows: list[float] = []
 
     def run(self):
+        refused_since = None
         while not self.stopping.is_set():
-            msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}", f"continuous {len(self.accepted)} {time.time()}")
+            msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}",
+                          f"continuous {self.port} {len(self.accepted)} {time.time()}")
             try:
-                submit(self.host, USER, sandbox.sandbox_password(), msg)
+                submit(self.host, USER, sandbox.sandbox_password(), msg, port=self.port,
+                       implicit_tls=self.port == 465)
                 self.accepted.append(msg["Subject"])
+                if refused_since is not None:
+                    self.windows.append(time.monotonic() - refused_since)
+                    refused_since = None
             except (OSError, smtplib.SMTPException) as error:
                 self.refusals.append((time.monotonic(), repr(error)))
+                refused_since = refused_since or time.monotonic()
                 time.sleep(0.05)
 
     def stop(self):
@@ -179,12 +188,24 @@ def assert_submission_guarded(host: sandbox.Host, refusal: bytes) -> None:
         wait_for_delivery(host, USER, subject)
     refused = swaks(host, USER, sandbox.sandbox_password(), f"no auth {uuid.uuid4().hex}", login=False, check=False)
     assert refused.returncode != 0 and re.search(r"<~\* +5\d\d", refused.stdout), refused.stdout[-2000:]
+    # 465, TLS from the first byte (RFC 8314), in front of the same listener
+    subject = f"swaks 465 {uuid.uuid4().hex}"
+    sent = swaks(host, USER, sandbox.sandbox_password(), subject, port=465, tls="--tls-on-connect")
+    assert re.search(r"<~ +250[ -]AUTH .*PLAIN", sent.stdout), sent.stdout[-2000:]
+    wait_for_delivery(host, USER, subject)
+    msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}", f"SMTP_SSL 465 {uuid.uuid4().hex}")
+    submit(host, USER, sandbox.sandbox_password(), msg, port=465, implicit_tls=True)
+    wait_for_delivery(host, USER, msg["Subject"])
+    refused = swaks(host, USER, sandbox.sandbox_password(), f"465 no auth {uuid.uuid4().hex}", port=465,
+                    tls="--tls-on-connect", login=False, check=False)
+    assert refused.returncode != 0 and re.search(r"<~\* +5\d\d", refused.stdout), refused.stdout[-2000:]
 
 
 def test_round_trip_ofmipd_spamdyke_ofmipd_loses_nothing(tmda_era_host):
     host = tmda_era_host
-    client = Submitter(host)
+    client, implicit = Submitter(host, 587), Submitter(host, 465)
     client.start()
+    implicit.start()
     try:
         time.sleep(3)
         switch(host, "spamdyke")
@@ -199,11 +220,16 @@ def test_round_trip_ofmipd_spamdyke_ofmipd_loses_nothing(tmda_era_host):
         time.sleep(3)
         assert_submission_guarded(host, b"authorize")
         deadline = time.monotonic() + 120
-        while len(client.accepted) < 50 and time.monotonic() < deadline:
+        while min(len(client.accepted), len(implicit.accepted)) < 50 and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
         client.stop()
-    assert len(client.accepted) >= 50, f"only {len(client.accepted)} accepted; refusals: {client.refusals[-3:]}"
+        implicit.stop()
     delivered = host.ssh("sleep 5; cat /home/alice/Maildir/new/* | grep '^Subject: continuous'").stdout
-    missing = [s for s in client.accepted if f"Subject: {s}\n" not in delivered + "\n"]
-    assert missing == [], f"{len(missing)} accepted messages were lost"
+    for submitter in (client, implicit):
+        accepted = submitter.accepted
+        assert len(accepted) >= 50, f"{submitter.port}: only {len(accepted)} accepted; {submitter.refusals[-3:]}"
+        missing = [s for s in accepted if f"Subject: {s}\n" not in delivered + "\n"]
+        assert missing == [], f"{submitter.port}: {len(missing)} accepted messages were lost"
+        print(f"\nport {submitter.port}: {len(accepted)} accepted, {len(submitter.refusals)} refused, "
+              f"longest refusal window {max(submitter.windows, default=0):.2f} s over two switches")

@@ -11,10 +11,10 @@ file or another input it reads at start changed (a stamp, recorded after the
 restart); reloaded when only what it re-reads changed.
 
     qmailsend     qmail-send, logging to syslog
-    qmailsmtpd    tcpserver 0:25 -> spamdyke -> qmail-smtpd, as qmaild
+    qmailsmtpd    tcpserver 0:25 -> spamdyke (STARTTLS) -> qmail-smtpd, as qmaild:qmailtls
     qmailofmipd   tcpserver 127.0.0.1:26 -> [spamdyke] -> ofmipd, as ofmipd
     tofmipd       tmda-ofmipd on 127.0.0.1:8025 (submission mode "tmda")
-    stunnel       STARTTLS on 587 in front of the active submission listener
+    stunnel       STARTTLS on 587, TLS on 465, in front of the active submission listener
 """
 
 from __future__ import annotations
@@ -131,15 +131,17 @@ def logging(tag: str) -> list[tuple[str, str]]:
 
 
 def tcpserver(platform: Platform, hostname: str, user: str, host_: str, port: int, cdb: str,
-              datalimit: int) -> list[tuple[str, str]]:
+              datalimit: int, group: str | None = None, env: str = "") -> list[tuple[str, str]]:
     """The tcpserver variables qmailsmtpd and qmailofmipd share: no ident or DNS lookups,
-    the host name as local name, the service's user (numeric, looked up when rc.d loads)."""
+    the host name as local name, the service's user and group (numeric, looked up when rc.d
+    loads; GROUP: another group than the user's own), ENV: the service's environment."""
+    gid = f"$(getent group {group} | cut -d: -f3)" if group else f"$(id -g {user})"
     return [
-        ("postenv", ""),
+        ("postenv", env),
         ("datalimit", str(datalimit)),
         ("pretcpserver", ""),
         ("tcpserver", f"{platform.prefix}/bin/tcpserver"),
-        ("tcpflags", f"-v -R -H -l {hostname} -u $(id -u {user}) -g $(id -g {user})"),
+        ("tcpflags", f"-v -R -H -l {hostname} -u $(id -u {user}) -g {gid}"),
         ("tcphost", host_),
         ("tcpport", str(port)),
         ("tcprules", cdb.removesuffix(".cdb")),

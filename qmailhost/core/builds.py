@@ -23,7 +23,7 @@ SCRIPT_DIR = f"{STATE_DIR}/build"
 
 
 # The distfiles each component built from source needs.
-NEEDS = {"notqmail": ("notqmail",), "mess822": ("mess822", "mess822-auth-patch"),
+NEEDS = {"notqmail": ("notqmail", "qmail-tls-patch"), "mess822": ("mess822", "mess822-auth-patch"),
          "checkpassword": ("checkpassword",), "spamdyke": ("spamdyke",)}
 
 

@@ -35,7 +35,7 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.operations import python
 
-from qmailhost.core.component import Component, Listener, Setting, for_platform
+from qmailhost.core.component import Component, Listener, Setting, TlsPort, for_platform
 from qmailhost.core.dns import Dns, DnsError, resolv_conf_server
 from qmailhost.core.platform import Platform
 from qmailhost.core.settings import Settings, SettingsError, boolean, password_from
@@ -111,6 +111,18 @@ class Target:
         return output
 
     @cached_property
+    def tls_ports(self) -> tuple[TlsPort, ...]:
+        """Every port that serves TLS under the one policy (25, 465, 587, ...)."""
+        return tuple(tls_port for component in for_platform(self.platform)
+                     for tls_port in component.tls_ports(self.settings))
+
+    @cached_property
+    def submission_ports(self) -> tuple[TlsPort, ...]:
+        """The TLS ports that take submissions (587, and 465 when it is on)."""
+        ports = {self.settings.submission_port, self.settings.submissions_port}
+        return tuple(tls_port for tls_port in self.tls_ports if tls_port.port in ports)
+
+    @cached_property
     def certificate(self) -> bytes:
         """The certificate the submission port offers after STARTTLS (DER)."""
         with self.submission(tls_context()) as client:
@@ -126,18 +138,36 @@ class Target:
         try:
             yield client
         finally:
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                client.quit()
-            client.close()
+            _close(client)
 
     @contextlib.contextmanager
-    def submission(self, context: ssl.SSLContext):
-        """A session on the submission port after STARTTLS and a second EHLO."""
-        with self.smtp(self.settings.submission_port) as client:
-            client.ehlo()
-            client.starttls(context=context)
+    def tls_session(self, tls_port: TlsPort, context: ssl.SSLContext):
+        """An SMTP session on TLS_PORT once TLS is up (STARTTLS, or from the first byte) and
+        the EHLO after it has been read, as a mail client or peer server makes it."""
+        if tls_port.starttls:
+            with self.smtp(tls_port.port) as client:
+                client.ehlo()
+                client.starttls(context=context)
+                client.ehlo()
+                yield client
+            return
+        client = smtplib.SMTP_SSL(self.address, tls_port.port, local_hostname=LAPTOP, timeout=TIMEOUT,
+                                  context=context)
+        try:
             client.ehlo()
             yield client
+        finally:
+            _close(client)
+
+    def submission(self, context: ssl.SSLContext, tls_port: TlsPort | None = None):
+        """A session on a submission port (default: the STARTTLS one) after TLS and a second EHLO."""
+        return self.tls_session(tls_port or TlsPort(self.settings.submission_port, "submission", True), context)
+
+
+def _close(client: smtplib.SMTP) -> None:
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        client.quit()
+    client.close()
 
 
 def tls_context(maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:

@@ -3,7 +3,7 @@
 A component is a folder, qmailhost/<name>/, whose package defines ``COMPONENT``. It
 declares its settings (with defaults and validation), the paths it manages (listed in
 one round trip), the probes it adds to the one HostState fact, the services it runs
-(for the status checks), its status checks, and what it adds to a backup. The core
+and the ports it serves TLS on (for the status checks), its status checks, and what it adds to a backup. The core
 finds the folders itself (``components()``): adding a component is one new folder plus
 one line in deploy.py, never an edit to a central list.
 
@@ -61,6 +61,16 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class TlsPort:
+    """A port that serves TLS under the one policy (tls/): STARTTLS after the EHLO (25, 587),
+    or TLS from the first byte (465). ROLE: what it is for, as the checks report it."""
+
+    port: int
+    role: str
+    starttls: bool
+
+
+@dataclass(frozen=True)
 class BackupPart:
     """What a component adds to a backup: host PATHS (files or whole trees, shell words
     such as ~alice/Maildir). A restore adds the files the host lacks under them, never
@@ -83,6 +93,7 @@ class Component:
     managed_roots: Callable[[Any], tuple[str, ...]] = _none  # platform -> ("DEPTH:PATH", ...)
     probes: tuple[Probe, ...] = ()
     listeners: Callable[[Any], tuple[Listener, ...]] = _none  # settings -> the services it runs
+    tls_ports: Callable[[Any], tuple[TlsPort, ...]] = _none  # settings -> the ports it serves TLS on
     checks: tuple[Callable, ...] = ()
     backup: BackupPart | None = None
 

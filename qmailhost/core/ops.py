@@ -24,7 +24,7 @@ from io import BytesIO
 from passlib.hash import sha1_crypt, sha512_crypt
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FileUploadCommand, operation
-from pyinfra.facts.files import FileContents
+from pyinfra.facts.files import FileContents, FindFiles
 from pyinfra.operations.util.files import generate_color_diff
 
 from qmailhost.core.facts import STAMP_DIR, ManagedTree, cached_fact, covered, host_state, managed_roots
@@ -68,6 +68,19 @@ def managed_file(path: str) -> dict | None:
         return entry if entry and entry["type"] == "file" else None
     dialect = shell_dialect()
     return host.get_fact(ManagedFile, path=path, sha256=dialect.sha256, stat=dialect.stat)
+
+
+def files_in(directory: str) -> list[str]:
+    """The files directly in DIRECTORY on the host now (to remove the ones no longer wanted):
+    from the managed tree when it covers them, else asked alone."""
+    platform = current_platform()
+    roots = managed_roots(platform) if platform else ()
+    if covered(f"{directory}/-", roots):
+        dialect = shell_dialect()
+        tree = cached_fact(ManagedTree, roots=roots, sha256=dialect.sha256, stat=dialect.stat, gnu=dialect.gnu_find)
+        return sorted(path for path, entry in tree.items()
+                      if entry["type"] == "file" and path.rsplit("/", 1)[0] == directory)
+    return sorted(host.get_fact(FindFiles, path=directory, maxdepth=1) or [])
 
 
 def _sha256(data: bytes) -> str:

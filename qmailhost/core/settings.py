@@ -111,6 +111,8 @@ def _no_port_clash(settings: Settings, ports: list[Setting]) -> None:
     seen: dict[int, str] = {}
     for setting in ports:
         port = getattr(settings, setting.name)
+        if port is None:
+            continue  # that listener is off
         if port in seen:
             raise SettingsError(setting.name, f"port {port} is already used by {seen[port]}",
                                 "give each service its own port")
@@ -134,6 +136,18 @@ def whole_number(setting: str, low: int, high: int):
 
 def port(setting: str):
     return whole_number(setting, 1, 65535)
+
+
+def optional_port(setting: str):
+    """A parser: a port, or null (or false) for a listener that is off."""
+    parse_port = port(setting)
+
+    def parse(value, _values=None) -> int | None:
+        if value is None or value is False:
+            return None
+        return parse_port(value)
+
+    return parse
 
 
 def boolean(setting: str):

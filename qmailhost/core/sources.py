@@ -58,6 +58,15 @@ _PINS = (
         "https://github.com/notqmail/notqmail/releases/download/notqmail-{version}/notqmail-{version}.tar.gz",
         "eca97f74a20522e85435fa76015a72adcc040e1acc401cbdbd7f55f41a720fabc6f251e606ff1d236e44de295f066538"
         "ec42aca415b4344c1cd15964f38c7085", 225713),
+    # Frederik Vermeulen's qmail-tls patch for notqmail 1.08 (its home: inoa.net/qmail-tls/).
+    # No published checksum was found: this pin is the SHA512 of the patch as the notqmail
+    # repository carries it (branch patches/history/smtp-tls: `git diff bf692cf bff4ee9`,
+    # the 1.08 release commit and the patch's merge onto it). A file fetched from the home
+    # page may differ: compare, then set sources.qmail-tls-patch.sha512 (README).
+    Pin("qmail-tls-patch", "20231230", "notqmail-1.08-tls-{version}.patch",
+        "https://inoa.net/qmail-tls/notqmail-1.08-tls-{version}.patch",
+        "416b15e10dd429aedd9f75666a0fd994e445fff3572c707853bbf5ce1c7a9da71645aee6d8e4418331a8e2351d3310"
+        "696843a5cfe2d4c1e5f76be38050882cfc", 42543),
     Pin("mess822", "0.58", "mess822-{version}.tar.gz", "http://cr.yp.to/software/mess822-{version}.tar.gz",
         "5fb30f06dfa08f60dc8760f9c5d692e59397ff848441bc94313a079bac8fb53b779133b48abae9b487dff6fbb277d5"
         "210a9690a138366bf4d34f052d661be65e", 64287),

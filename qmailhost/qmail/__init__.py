@@ -20,6 +20,7 @@ from qmailhost.core.component import Component, Listener, Setting
 from qmailhost.core.platform import Platform
 from qmailhost.core.settings import FQDN, Settings, SettingsError, mapping, whole_number
 from qmailhost.core.templates import render
+from qmailhost.qmail import outbound_tls
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,17 @@ def users(platform: Platform) -> None:
 
 def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, str]) -> None:
     if "notqmail" not in platform.builds_from_source:
-        return  # a package provides it (backends/packages.py)
+        return  # a package provides it (backends/packages.py), built with its tls option
     builds.build(
-        "notqmail", "Build and install notqmail", "qmail/build.sh",
-        args=[distfiles["notqmail"]], inputs=[checksums["notqmail"], platform.qmail_home],
+        "notqmail", "Build and install notqmail with the qmail-tls patch", "qmail/build.sh",
+        args=[distfiles["notqmail"], distfiles["qmail-tls-patch"]],
+        inputs=[checksums["notqmail"], checksums["qmail-tls-patch"], platform.qmail_home],
     )
+
+
+def build_identity(checksums: dict[str, str]) -> str:
+    """What qmail-send's restart stamp counts of the build: the release and the patch (or pkgsrc's)."""
+    return " ".join(checksums.get(name, "pkgsrc") for name in builds.NEEDS["notqmail"])
 
 
 def control_files(settings: Settings, platform: Platform | None = None) -> dict[str, str | None]:
@@ -141,7 +148,7 @@ def sendmail(platform: Platform) -> None:
                        content=paths.mailer_conf)
 
 
-def service(platform: Platform, control: dict[str, str], notqmail_checksum: str) -> None:
+def service(platform: Platform, control: dict[str, str], build: str) -> None:
     """qmail-send: restarted when what it reads at start changes, reloaded (HUP: it re-reads
     locals and virtualdomains) when only those change; either also when this run puts back
     such a file that differed on the host."""
@@ -158,7 +165,7 @@ def service(platform: Platform, control: dict[str, str], notqmail_checksum: str)
             ("defaultdelivery", "./Maildir/"),
             *rcd.logging("send"),
         )),
-        reads_at_start=(notqmail_checksum, *(control[name] for name in READ_AT_START)),
+        reads_at_start=(build, *(control[name] for name in READ_AT_START)),
         rewritten=rewrites(READ_AT_START) or ops.differs(f"{platform.qmail_home}/rc", _rc(platform)),
         reload_on=tuple(control[name] for name in READ_ON_HUP),
         reload_rewritten=rewrites(READ_ON_HUP),
@@ -256,10 +263,15 @@ COMPONENT = Component(
                 "qmail-send's parallel remote deliveries"),
         Setting("concurrency_local", 10, whole_number("concurrency_local", 1, 120),
                 "qmail-send's parallel local deliveries"),
+        Setting("tlshosts", {}, outbound_tls.parse_tlshosts,
+                "outbound TLS: peers whose certificate must verify, `{\"mx.example.net\": \"~/ca.pem\"}` "
+                "(CA file on the laptop); others: opportunistic"),
+        Setting("notlshosts", [], outbound_tls.parse_notlshosts,
+                "outbound TLS: peers sent to without TLS (their STARTTLS is broken; else their mail waits)"),
         Setting("queue_max_age_hours", 24, _hours, "status check error when the oldest queued message is older"),
         Setting("queue_warn_messages", 50, _count, "status check warning when more messages wait in the queue"),
     ),
-    managed_roots=lambda p: (f"1:{p.control_dir}", f"1:{p.qmail_home}/alias", f"0:{p.qmail_home}/rc",
+    managed_roots=lambda p: (f"2:{p.control_dir}", f"1:{p.qmail_home}/alias", f"0:{p.qmail_home}/rc",
                              *(f"0:{link}" for link in PATHS[p.name].sendmail_links)),
     listeners=lambda settings: (Listener("qmail-send", "qmailsend", "queue delivery", None, public=False),),
     checks=(check_queue,),

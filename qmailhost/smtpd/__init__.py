@@ -1,17 +1,22 @@
 """qmail-smtpd on port 25: mail from the Internet for the local domains.
 
 tcpserver (0.0.0.0:25, rules in smtp.rules: relaying only from 127.0.0.1) runs
-spamdyke's filters (spamdyke/), then qmail-smtpd as qmaild. Control files, rules and
-spamdyke's config are read per connection: only a changed service definition (run
-script, rc.conf.d file) restarts it. Its status check: port 25 takes mail for the
-local domains and refuses to relay for a stranger.
+spamdyke's filters and STARTTLS (spamdyke/), then qmail-smtpd, as qmaild with the group
+that may read the TLS key (tls/); the TLS policy reaches spamdyke's OpenSSL through
+OPENSSL_CONF. TLS is opportunistic (RFC 3207): a sender without it is still accepted.
+qmail-smtpd's own TLS (the qmail-tls patch, qmail/) stays off: it offers STARTTLS only
+with control/servercert.pem, which qmailhost never writes, so inbound TLS has one owner.
+Control files, rules, spamdyke's config and the pair are read per connection: only a
+changed service definition (run script, rc.conf.d file) restarts it. Its status
+checks: port 25 offers STARTTLS, takes mail for the local domains and refuses to relay
+for a stranger.
 """
 
-from qmailhost import spamdyke
+from qmailhost import spamdyke, tls
 from qmailhost.backends import rcd, services
 from qmailhost.core import tcprules
-from qmailhost.core.checks import ERROR, FOREIGN, OK, STRANGER, WARNING, reply_text
-from qmailhost.core.component import Component, Listener, Setting
+from qmailhost.core.checks import ERROR, FOREIGN, OK, STRANGER, WARNING, reply_text, tls_context
+from qmailhost.core.component import Component, Listener, Setting, TlsPort
 from qmailhost.core.platform import Platform
 from qmailhost.core.settings import Settings, port, whole_number
 from qmailhost.core.templates import render
@@ -25,16 +30,31 @@ def configure(platform: Platform, settings: Settings) -> None:
         name="qmail-smtpd", description=f"qmail-smtpd on port {settings.smtp_port} behind spamdyke's filters",
         run=render("smtpd/qmail-smtpd.run", port=settings.smtp_port, tcprules=cdb, hostname=settings.hostname,
                    connections=settings.smtp_connections, spamdyke=program, spamdyke_conf=config,
-                   qmail_home=platform.qmail_home),
+                   qmail_home=platform.qmail_home, key_group=tls.KEY_GROUP,
+                   openssl_conf=tls.policy_config_path(platform)),
         rcd=services.Rcd("qmailsmtpd", (
-            *rcd.tcpserver(platform, settings.hostname, "qmaild", "0", settings.smtp_port, cdb, 64_000_000),
+            *rcd.tcpserver(platform, settings.hostname, "qmaild", "0", settings.smtp_port, cdb, 64_000_000,
+                           group=tls.KEY_GROUP, env=f"OPENSSL_CONF={tls.policy_config_path(platform)}"),
             ("presmtpd", f"{program} -f {config}"),
             ("smtpdcmd", f"{platform.qmail_bin}/qmail-smtpd"),
             ("postsmtpd", ""),
             *rcd.logging("smtpd"),
-            ("tls", "NO"),  # stunnel ends TLS; port 25 offers no STARTTLS (as on Debian)
+            ("tls", "NO"),  # qmail-smtpd's own TLS: off, spamdyke does STARTTLS (as on Debian)
         )),
     ))
+
+
+def check_smtp_offers_starttls(target):
+    """Port 25 offers STARTTLS to senders (and still takes mail from those without it)."""
+    with target.smtp(target.settings.smtp_port) as client:
+        client.ehlo()
+        offered = "starttls" in client.esmtp_features
+    if not offered:
+        return ERROR, ("port 25 offers no STARTTLS: mail arrives in plaintext (spamdyke built without TLS, "
+                       "or it cannot read the TLS key)")
+    with target.tls_session(TlsPort(target.settings.smtp_port, "SMTP", True), tls_context()) as client:
+        version = client.sock.version()
+    return OK, f"offers STARTTLS ({version})"
 
 
 def check_smtp_refuses_relay(target):
@@ -65,5 +85,6 @@ COMPONENT = Component(
     ),
     listeners=lambda settings: (
         Listener("qmail-smtpd", "qmailsmtpd", "SMTP from the Internet", settings.smtp_port, public=True),),
-    checks=(check_smtp_refuses_relay,),
+    tls_ports=lambda settings: (TlsPort(settings.smtp_port, "SMTP, STARTTLS", starttls=True),),
+    checks=(check_smtp_offers_starttls, check_smtp_refuses_relay),
 )

@@ -1,12 +1,13 @@
-"""spamdyke: the filter in front of qmail-smtpd on port 25 (smtpd/), and in submission
-mode "spamdyke" the SMTP AUTH front of stock ofmipd (submission/). Built from its pinned
-release without TLS (build.sh): stunnel ends TLS on the submission port. Its config
-files are read by every new connection, so changing them restarts nothing.
+"""spamdyke: the filter in front of qmail-smtpd on port 25 (smtpd/), and its STARTTLS, and
+in submission mode "spamdyke" the SMTP AUTH front of stock ofmipd (submission/, where
+stunnel ends TLS). Built from its pinned release with TLS (build.sh refuses a build
+without it). Its config files, the TLS pair and the policy's OpenSSL config are read by
+every new connection, so changing them (or a renewed pair) restarts nothing.
 """
 
 import ipaddress
 
-from qmailhost import resolver
+from qmailhost import resolver, tls
 from qmailhost.core import builds, ops
 from qmailhost.core.checks import ERROR, OK, SKIPPED
 from qmailhost.core.component import Component, Setting
@@ -40,9 +41,10 @@ def smtp_config(platform: Platform, settings: Settings) -> str:
     filters = settings.spamdyke_filters
     dns = bool(filters["dns_blacklists"] or filters["reject_unresolvable_rdns"] or filters["reject_ip_in_cc_rdns"])
     path = f"{platform.config_dir}/spamdyke-smtp.conf"
+    cert, key = tls.paths(platform)
     ops.whole_file(name="Write spamdyke's port 25 config", dest=path,
                    content=render("spamdyke/smtp.conf", control_dir=platform.control_dir, filters=filters, dns=dns,
-                                  resolver=resolver.ADDRESS))
+                                  resolver=resolver.ADDRESS, cert=cert, key=key, policy=tls.policy(settings)))
     return path
 
 

@@ -1,11 +1,19 @@
 #!/bin/sh
-# Build spamdyke from its release tarball ($1) and install it as $2. Without TLS:
-# stunnel ends TLS in front of it, and port 25's STARTTLS is not offered.
+# Build spamdyke from its release tarball ($1) with TLS (STARTTLS on port 25) and install
+# it as $2. On OpenSSL 3 its configure finds no SSL_library_init (a macro now) and quietly
+# builds without TLS: the autoconf cache answer says where it is, and a build whose
+# `spamdyke -v` lacks +TLS is refused.
 set -eu
 work=/var/lib/qmailhost/build/spamdyke
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
 tar xzf "$1" --strip-components=1
 cd spamdyke
-{ ./configure --disable-tls && make; } >"$work/make.log" 2>&1 || { tail -30 "$work/make.log" >&2; exit 1; }
+{ ac_cv_search_SSL_library_init=-lssl ./configure --enable-tls && make; } >"$work/make.log" 2>&1 ||
+  { tail -30 "$work/make.log" >&2; exit 1; }
+version=$(./spamdyke -v 2>&1 | head -1)
+case "$version" in
+  *+TLS*) ;;
+  *) echo "spamdyke was built without TLS ($version): port 25 could not offer STARTTLS" >&2; exit 1 ;;
+esac
 install -m 755 spamdyke "$2.qmailhost-new" && mv -f "$2.qmailhost-new" "$2"
 cd / && rm -rf "$work"

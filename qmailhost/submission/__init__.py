@@ -169,19 +169,23 @@ def _listeners(settings: Settings) -> tuple[Listener, ...]:
 
 
 def check_submission_requires_auth(target):
-    """After STARTTLS, AUTH is offered (mail clients log in only with what the EHLO offers)
-    and nobody sends without it."""
-    with target.submission(tls_context()) as client:
-        version = client.sock.version()
-        if "auth" not in client.esmtp_features:
-            return ERROR, f"after STARTTLS ({version}) the EHLO offers no AUTH: no mail client can log in"
-        code, reply = client.mail(STRANGER)
-        if code >= 500:
-            return OK, f"after STARTTLS ({version}), MAIL without AUTH refused ({code})"
-        rcpt_code, _ = client.rcpt(FOREIGN)
-    if rcpt_code >= 500:
-        return OK, f"after STARTTLS ({version}), RCPT without AUTH refused ({rcpt_code})"
-    return ERROR, f"mail accepted without AUTH (MAIL {code}, RCPT {rcpt_code})"
+    """On every submission port, once TLS is up, AUTH is offered (mail clients log in only
+    with what the EHLO offers) and nobody sends without it."""
+    refused = []
+    for tls_port in target.submission_ports:
+        with target.submission(tls_context(), tls_port) as client:
+            version = client.sock.version()
+            if "auth" not in client.esmtp_features:
+                return ERROR, f"on {tls_port.port}, after TLS ({version}) the EHLO offers no AUTH: no mail client " \
+                              "can log in"
+            code, reply = client.mail(STRANGER)
+            rcpt_code = None
+            if code < 500:
+                rcpt_code, _ = client.rcpt(FOREIGN)
+        if code < 500 and rcpt_code < 500:
+            return ERROR, f"on {tls_port.port}, mail accepted without AUTH (MAIL {code}, RCPT {rcpt_code})"
+        refused.append(f"{tls_port.port} ({'MAIL' if code >= 500 else 'RCPT'} {code if code >= 500 else rcpt_code})")
+    return OK, f"after TLS ({version}), mail without AUTH refused on {', '.join(refused)}"
 
 
 def check_wrong_password_refused(target):

@@ -1,11 +1,16 @@
-"""TLS: the certificate and key stunnel (stunnel/) offers on the submission port.
+"""TLS: the one certificate, key and policy every TLS listener serves: stunnel on 587 and
+465 (stunnel/), spamdyke's STARTTLS on 25 (smtpd/, spamdyke/).
 
-Either a pair from the laptop (the key transferred as a secret: never diffed or
-printed), or a self-signed pair generated on the host once, kept across runs, and
-made again only when the host name changes. The key never leaves the host it is on,
-except into a backup: a self-signed pair is carried by backups and put back by a
-restore (stunnel restarted only when it changed). Its status checks: the certificate
-served names the host and is not about to expire.
+The pair is either from the laptop (the key transferred as a secret: never diffed or
+printed), or self-signed on the host once, kept across runs, and made again only when
+the host name changes or it nears expiry. The key is 640 root:qmailtls: stunnel reads
+it as root, spamdyke as qmaild with the group qmailtls (smtpd/), nobody else. It never
+leaves the host, except into a backup: a self-signed pair is carried by backups and put
+back by a restore (stunnel restarted only when it changed). The policy (``tls_policy``,
+POLICIES) is data rendered once per consumer: stunnel's options, and an OpenSSL config
+(``openssl-policy.cnf``) for spamdyke, which has no protocol options of its own. Its status
+checks, on every TLS port from outside: the policy holds (no TLS below the floor, no CBC or
+non-forward-secret suite), one certificate everywhere, naming the host, not about to expire.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import os
 import re
 import shlex
+import smtplib
 import ssl
 import subprocess
 import tempfile
@@ -28,17 +34,64 @@ from pyinfra.operations.util import any_changed
 
 from qmailhost.backends import services
 from qmailhost.core import ops
-from qmailhost.core.checks import ERROR, OK, SKIPPED, TIMEOUT, WARNING, Failed, one_line
+from qmailhost.core.checks import ERROR, OK, SKIPPED, TIMEOUT, WARNING, Failed, one_line, tls_context
 from qmailhost.core.component import BackupPart, Component, Probe, Setting
 from qmailhost.core.facts import host_state
 from qmailhost.core.platform import Platform
 from qmailhost.core.settings import Settings, SettingsError
+from qmailhost.core.templates import render
 
 CERT_WARN_DAYS, CERT_ERROR_DAYS = 21, 7
+KEY_GROUP = "qmailtls"  # the group that may read the key besides root: spamdyke's on port 25
+KEY_MODE = "640"
 
 
 def paths(platform: Platform) -> tuple[str, str]:
     return f"{platform.tls_dir}/cert.pem", f"{platform.tls_dir}/key.pem"
+
+
+def policy_config_path(platform: Platform) -> str:
+    return f"{platform.tls_dir}/openssl-policy.cnf"
+
+
+# --- the policy ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What every TLS listener offers, in OpenSSL's words."""
+
+    name: str
+    min_protocol: str  # "TLSv1.2" | "TLSv1.3"
+    ciphers: str  # TLS 1.2 suites, in the server's order of preference
+    ciphersuites: str  # TLS 1.3 suites
+    meaning: str
+
+
+# Mozilla's "intermediate" profile, tightened to forward-secret AEAD suites only (no DHE:
+# ECDHE everywhere), and "modern" (TLS 1.3 only). The server's order wins on TLS 1.2.
+AEAD_ECDHE = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+))
+TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+POLICIES = {
+    "intermediate": Policy("intermediate", "TLSv1.2", AEAD_ECDHE, TLS13_SUITES,
+                           "TLS 1.2 (ECDHE with AES-GCM or ChaCha20 only) and TLS 1.3"),
+    "modern": Policy("modern", "TLSv1.3", AEAD_ECDHE, TLS13_SUITES, "TLS 1.3 only"),
+}
+
+
+def policy(settings: Settings) -> Policy:
+    return POLICIES[settings.tls_policy]
+
+
+def _tls_policy(value, _values=None) -> str:
+    if value not in POLICIES:
+        raise SettingsError("tls_policy", f"{value!r} is not a TLS policy",
+                            f"set tls_policy to one of: {', '.join(POLICIES)}")
+    return value
 
 
 RENEW_DAYS = 30  # a self-signed pair is made anew this long before it expires: before the check warns
@@ -78,22 +131,28 @@ def self_signed_certificate(hostname: str, cert: str, key: str, days: int = 825)
     yield f"mkdir -p {shlex.quote(cert.rsplit('/', 1)[0])} && chmod 755 {shlex.quote(cert.rsplit('/', 1)[0])}"
     yield (f"umask 077 && openssl req -x509 -newkey rsa:3072 -sha256 -nodes -days {days} -subj /CN={hostname} "
            f"-addext subjectAltName=DNS:{hostname} -keyout {new_key} -out {new_cert} 2>/dev/null")
-    yield f"chmod 644 {new_cert} && mv -f {new_key} {shlex.quote(key)} && mv -f {new_cert} {shlex.quote(cert)}"
+    yield (f"chgrp {KEY_GROUP} {new_key} && chmod {KEY_MODE} {new_key} && chmod 644 {new_cert} "
+           f"&& mv -f {new_key} {shlex.quote(key)} && mv -f {new_cert} {shlex.quote(cert)}")
 
 
 def configure(platform: Platform, settings: Settings) -> Pair:
-    """Put the pair in place; returns it as the TLS listeners' restarts see it."""
+    """Put the pair and the policy in place; returns the pair as the TLS listeners' restarts see it."""
+    ops.group(name=f"Create group {KEY_GROUP} (may read the TLS key)", group=KEY_GROUP, tools=platform.accounts)
+    ops.whole_file(name="Write the TLS policy for OpenSSL (spamdyke)", dest=policy_config_path(platform),
+                   content=render("tls/openssl-policy.cnf", policy=policy(settings)))
     cert, key = paths(platform)
     if settings.self_signed:
         remade = _remade(settings.hostname)
         self_signed_certificate(name=f"Make a self-signed certificate for {settings.hostname}",
                                 hostname=settings.hostname, cert=cert, key=key)
+        ops.permissions(name="Let only root and qmailtls read the TLS key", path=key, mode=KEY_MODE,
+                        user="root", group=KEY_GROUP)
         now = None if remade else host_state()["cert"]["sha256"]
         return Pair("self-signed", measured=(_measure(platform, cert), now))
     cert_data, key_data = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
     rewritten = ops.differs(cert, cert_data) or ops.differs(key, key_data)
     ops.whole_file(name="Install the TLS certificate", dest=cert, content=cert_data.decode())
-    ops.secret_file(name="Install the TLS key", dest=key, data=key_data, mode="600")
+    ops.secret_file(name="Install the TLS key", dest=key, data=key_data, mode=KEY_MODE, group=KEY_GROUP)
     return Pair(hashlib.sha256(cert_data + key_data).hexdigest(), rewritten=rewritten)
 
 
@@ -171,6 +230,83 @@ def restore(platform: Platform, settings: Settings, backup) -> None:
 
 # --- status checks --------------------------------------------------------------------------
 
+# What a client offers to probe the policy with: each must be refused by every TLS port.
+CBC_SUITES = "ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:ECDHE-RSA-AES128-SHA256:AES128-SHA:AES256-SHA256"
+STATIC_RSA_SUITES = "AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA"
+
+
+class _CannotOffer(Exception):
+    """This laptop's OpenSSL cannot make the offer (it has no TLS 1.1, say)."""
+
+
+def _refused(target, tls_port, context) -> str | None:
+    """None when TLS_PORT refuses a client offering only what CONTEXT offers; else what was agreed."""
+    try:
+        with target.tls_session(tls_port, context) as client:
+            return f"{client.sock.version()} {client.sock.cipher()[0]}"
+    except ssl.SSLError as error:
+        if "NO_PROTOCOLS_AVAILABLE" in str(error) or "NO_CIPHERS_AVAILABLE" in str(error):
+            raise _CannotOffer() from None
+        return None
+    except (ConnectionError, smtplib.SMTPException, OSError):
+        return None
+
+
+def _offer(maximum: ssl.TLSVersion, ciphers: str = "DEFAULT:@SECLEVEL=0") -> ssl.SSLContext:
+    context = tls_context(maximum=maximum)
+    context.set_ciphers(ciphers)
+    return context
+
+
+def check_tls_policy(target):
+    """Every TLS port (25, 465, 587) holds the policy from outside: TLS below its floor refused,
+    and under "intermediate" no CBC suite and no suite without forward secrecy on TLS 1.2."""
+    wanted = policy(target.settings)
+    probes = [("TLS 1.1", _offer(ssl.TLSVersion.TLSv1_1))]
+    if wanted.min_protocol == "TLSv1.3":
+        probes.append(("TLS 1.2", _offer(ssl.TLSVersion.TLSv1_2)))
+    else:
+        probes += [("a CBC suite", _offer(ssl.TLSVersion.TLSv1_2, CBC_SUITES)),
+                   ("static RSA (no forward secrecy)", _offer(ssl.TLSVersion.TLSv1_2, STATIC_RSA_SUITES))]
+    problems, served, unprobed = [], [], set()
+    for tls_port in target.tls_ports:
+        try:
+            with target.tls_session(tls_port, tls_context()) as client:
+                version = client.sock.version()
+        except (ssl.SSLError, OSError, smtplib.SMTPException) as error:
+            problems.append(f"port {tls_port.port} ({tls_port.role}) gives no TLS session: {one_line(str(error))}")
+            continue
+        agreed = []
+        for what, context in probes:
+            try:
+                result = _refused(target, tls_port, context)
+            except _CannotOffer:
+                unprobed.add(what)
+                continue
+            if result is not None:
+                agreed.append(f"{what} ({result})")
+        if agreed:
+            problems.append(f"port {tls_port.port} accepts " + ", ".join(agreed))
+        served.append(f"{tls_port.port} {version}")
+    if problems:
+        return ERROR, "; ".join(problems)
+    note = f" (this laptop's OpenSSL cannot offer {', '.join(sorted(unprobed))}: not probed)" if unprobed else ""
+    return OK, f"policy {wanted.name} on {', '.join(served)}{note}"
+
+
+def check_one_certificate(target):
+    """Every TLS port serves the certificate the submission port serves."""
+    different = []
+    for tls_port in target.tls_ports:
+        with target.tls_session(tls_port, tls_context()) as client:
+            if client.sock.getpeercert(binary_form=True) != target.certificate:
+                different.append(str(tls_port.port))
+    if different:
+        return ERROR, f"port {', '.join(different)} serves another certificate than port " \
+                      f"{target.settings.submission_port}"
+    return OK, f"the same certificate on {', '.join(str(p.port) for p in target.tls_ports)}"
+
+
 
 def check_certificate_name(target):
     """The certificate names the host (SAN, or CN without one)."""
@@ -243,9 +379,12 @@ COMPONENT = Component(
         Setting("tls_cert", None, _tls_cert,
                 "PEM certificate on the laptop; unset (with `tls_key`): self-signed, made on the host once"),
         Setting("tls_key", None, _tls_key, "PEM key on the laptop, matching `tls_cert`"),
+        Setting("tls_policy", "intermediate", _tls_policy,
+                "every TLS port: `intermediate` (TLS 1.2 with ECDHE and AES-GCM/ChaCha20 only, and 1.3; "
+                "the server's order) or `modern` (TLS 1.3 only)"),
     ),
     probes=(Probe("cert", _cert_probe, _cert, lambda: None),),
-    checks=(check_certificate_name, check_certificate_expiry),
+    checks=(check_tls_policy, check_one_certificate, check_certificate_name, check_certificate_expiry),
     backup=BackupPart(paths=lambda settings, platform: paths(platform) if settings.self_signed else (),
                       restore=restore),
 )
