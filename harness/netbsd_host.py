@@ -28,6 +28,9 @@ from harness.plan_harness import DEFAULT
 
 PACKAGE_RC_SCRIPTS = {"qmail-run": ("qmailsend", "qmailsmtpd", "qmailofmipd", "qmailpop3d", "qmailqread"),
                       "stunnel": ("stunnel",), "tmda": ("tofmipd",), "unbound": ("unbound",)}
+# The options pkgin's binary packages were built with: pkgsrc's PKG_SUGGESTED_OPTIONS
+# (mail/qmail/options.mk: tls among them; mail/spamdyke and mail/mess822 suggest none).
+BINARY_OPTIONS = {"qmail": ["eai", "syncdir", "tls", "qmail-customerror", "qmail-srs"]}
 STAMPS = "/var/lib/qmailhost/stamps"
 RESTORE_HASHES = "/root/.qmailhost-chpasswd-restore"
 QUEUE = "/var/qmail/queue"
@@ -53,6 +56,9 @@ class NetBSDHost:
     rc_scripts: set[str] = field(default_factory=lambda: {"postfix"})
     running: set[str] = field(default_factory=lambda: {"postfix"})
     cert: dict | None = None  # the self-signed certificate: {"cn", "sha256", "renew"}
+    # Whether a spamdyke built with the tls option has TLS compiled in (its version line says
+    # "+TLS"): False is a build whose configure left HAVE_LIBSSL undefined.
+    spamdyke_tls_compiled: bool = True
     tmda_pieces: list[tuple[str, str]] = field(default_factory=list)
     tmda_archive: dict | None = None
     executed: list[str] = field(default_factory=list)
@@ -86,9 +92,23 @@ class NetBSDHost:
         return [line for line in self.mk_conf if line.endswith("# managed by qmailhost")]
 
     def _fact_PackageOptions(self, package, pkgpath):
+        assert pkgpath == f"mail/{package}", (package, pkgpath)
         if package not in self.packages:
             return {"installed": False, "options": [], "pkgsrc": True}
-        return {"installed": True, "options": self.packages[package], "pkgsrc": True}
+        return {"installed": True, "options": list(self.packages[package]), "pkgsrc": True}
+
+    def _fact_ProgramReport(self, package, report):
+        assert (package, report) == ("spamdyke", "/usr/pkg/bin/spamdyke -v 2>&1 </dev/null | head -1"), report
+        return self.spamdyke_version() if package in self.packages else None
+
+    def spamdyke_version(self) -> str:
+        """The first line `spamdyke -v` prints (spamdyke.h's VERSION_STRING)."""
+        tls = "+TLS" if "tls" in self.packages.get("spamdyke", []) and self.spamdyke_tls_compiled else ""
+        return f"spamdyke 5.0.1{tls}+CONFIGTEST+DEBUG (C)2015 Sam Clippinger, samc (at) silence (dot) org"
+
+    def _fact_FindFiles(self, path, maxdepth):
+        assert maxdepth == 1, maxdepth
+        return sorted(f for f in self.files if f.rsplit("/", 1)[0] == path)
 
     def _fact_TmdaPieces(self, script):
         assert script == "tmda/netbsd-pieces.sh", script
@@ -163,7 +183,7 @@ class NetBSDHost:
             pass  # an empty private file, filled by the upload that follows
         elif command.startswith("mkdir -p "):
             path = command.split()[2]
-            if command == f"mkdir -p {path}" and path.startswith("/home/"):
+            if command == f"mkdir -p {path}":  # (a directory of its own: ops.directory sets its owner next)
                 self.dirs.setdefault(path, {"mode": 755, "user": "root", "group": "wheel"})
         elif m := re.fullmatch(r"chmod (\d+) (/home/\S+)", command):
             self.dirs[m[2]]["mode"] = int(m[1])
@@ -171,9 +191,10 @@ class NetBSDHost:
             self.dirs[m[3]].update(user=m[1], group=m[2])
         elif m := re.fullmatch(r"PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install (.+)", command):
             for package in m[1].split():
-                self.packages[package] = []
+                self.packages[package] = list(BINARY_OPTIONS.get(package, []))
                 self.rc_scripts.update(PACKAGE_RC_SCRIPTS.get(package, ()))
-                if package == "qmail-run":  # pulls qmail and the binary mess822 (no options)
+                if package == "qmail-run":  # pulls qmail (its default options) and the binary mess822 (none)
+                    self.packages.setdefault("qmail", list(BINARY_OPTIONS["qmail"]))
                     self.packages.setdefault("mess822", [])
                 if package == "checkpassword":
                     self.files["/usr/pkg/bin/checkpassword"] = {"sha256": "package", "mode": "755",
@@ -183,12 +204,22 @@ class NetBSDHost:
                 self.packages.pop(package)
         elif m := re.fullmatch(r"echo (.+) >> /etc/mk.conf", command):
             self.mk_conf.append(shlex.split(m[1])[0])
-        elif m := re.fullmatch(r"make -C /usr/pkgsrc/mail/mess822 (install|replace) "
-                               r"&& make -C /usr/pkgsrc/mail/mess822 clean", command):
+        elif m := re.fullmatch(r"make -C /usr/pkgsrc/mail/(\w+) (install|replace) "
+                               r"&& make -C /usr/pkgsrc/mail/\1 clean", command):
             # (pyinfra plans "install" on a bare host; when the command runs, the operation is
             # evaluated again and says "replace" if qmail-run pulled a binary mess822 in first)
-            options = [line for line in self.mk_conf if line.startswith("PKG_OPTIONS.mess822+=")]
-            self.packages["mess822"] = [w for line in options for w in line.split("#")[0].split()[1:]]
+            package = m[1]
+            options = [line for line in self.mk_conf if line.startswith(f"PKG_OPTIONS.{package}+=")]
+            self.packages[package] = [w for line in options for w in line.split("#")[0].split()[1:]]
+        elif m := re.fullmatch(r'o=" \$\(pkg_info -Q PKG_OPTIONS (\w+) 2>/dev/null\) "; for w in ([\w -]+); '
+                               r'do case "\$o" in \*" \$w "\*\) ;; \*\) echo (.+) >&2; exit 1 ;; esac; done', command):
+            # a binary package's default options, checked when the run gets there
+            missing = [o for o in m[2].split() if o not in self.packages.get(m[1], [])]
+            assert not missing, f"the run stops: {shlex.split(m[3])[0]}"
+        elif m := re.fullmatch(r'case "\$\((/usr/pkg/bin/spamdyke -v 2>&1 </dev/null \| head -1)\)" in \*(\S+)\*\) ;; '
+                               r'\*\) echo (.+) >&2; exit 1 ;; esac', command):
+            # what the built program says of itself, checked when the run gets there
+            assert m[2] in self.spamdyke_version(), f"the run stops: {shlex.split(m[3])[0]}"
         elif m := re.fullmatch(r"groupadd (\w+)", command):
             self.groups.add(m[1])
         elif command.startswith("useradd "):
@@ -245,8 +276,13 @@ class NetBSDHost:
             made = hashlib.sha256(self.tree[m[2]]["data"]).hexdigest()
             self.cert = {"cn": m[1], "sha256": made, "renew": False}
             self.files[m[2]] = {"sha256": made, "mode": "644", "user": "root", "group": "wheel"}
-        elif command.startswith("chmod 644 ") and "mv -f" in command:
-            pass  # the self-signed pair moved into place
+        elif m := re.fullmatch(r"chgrp (\w+) (\S+)\.qmailhost-new && chmod (\d+) \2\.qmailhost-new "
+                               r"&& chmod 644 (\S+)\.qmailhost-new && mv -f \2\.qmailhost-new \2 "
+                               r"&& mv -f \4\.qmailhost-new \4", command):
+            group, key, mode, _cert = m.groups()  # the self-signed pair moved into place, the key group-readable
+            self.tree[key] = {**self.tree[key], "mode": mode, "group": group}
+            self.files[key] = {"sha256": hashlib.sha256(self.tree[key]["data"]).hexdigest(), "mode": mode,
+                               "user": "root", "group": group}
         elif command == "sh /var/lib/qmailhost/tmda/netbsd-retire.sh":
             self.tmda_archive = {"archive": "/var/lib/qmailhost/tmda-archive/20240101T000000Z/pieces.tar",
                                  "restored": False, "pieces": self.tmda_pieces}

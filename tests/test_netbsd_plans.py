@@ -137,11 +137,14 @@ def test_bare_host_in_ofmipd_mode(bare_plan):
     _, plan = bare_plan
     commands = commands_of(plan)
     assert_netbsd_only(plan)
+    # spamdyke is not a binary package: pkgsrc builds it with tls (tests/test_netbsd_tls_plans.py).
     assert commands[0] == ("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install "
-                           "qmail-run stunnel spamdyke checkpassword ucspi-tcp unbound")
-    # The option is in /etc/mk.conf before mess822 is built, and the build cleans up after itself.
-    assert index(commands, "PKG_OPTIONS.mess822+=\tsasl") < index(commands, "make -C /usr/pkgsrc/mail/mess822 install")
-    assert "make -C /usr/pkgsrc/mail/mess822 install && make -C /usr/pkgsrc/mail/mess822 clean" in commands
+                           "qmail-run stunnel checkpassword ucspi-tcp unbound")
+    # Each option is in /etc/mk.conf before its package is built, and the build cleans up after itself.
+    for package, option in (("mess822", "sasl"), ("spamdyke", "tls")):
+        assert index(commands, f"PKG_OPTIONS.{package}+=\t{option}") \
+            < index(commands, f"make -C /usr/pkgsrc/mail/{package} install")
+        assert f"make -C /usr/pkgsrc/mail/{package} install && make -C /usr/pkgsrc/mail/{package} clean" in commands
     # Users before anything runs as them; NetBSD flags.
     assert "useradd -g nofiles -d /var/qmail -s /sbin/nologin qmaild" in commands
     assert "useradd -g =uid -d /home/alice -s /sbin/nologin -m alice" in commands
@@ -186,11 +189,11 @@ qmailofmipd_tls="NO"
 # qmailsmtpd: qmail-smtpd on port 25 behind spamdyke's filters
 # Managed by qmailhost: every variable is set, whatever the rc.d defaults.
 qmailsmtpd=YES
-qmailsmtpd_postenv=""
+qmailsmtpd_postenv="OPENSSL_CONF=/usr/pkg/etc/qmailhost/tls/openssl-policy.cnf"
 qmailsmtpd_datalimit="64000000"
 qmailsmtpd_pretcpserver=""
 qmailsmtpd_tcpserver="/usr/pkg/bin/tcpserver"
-qmailsmtpd_tcpflags="-v -R -H -l mail.example.org -u $(id -u qmaild) -g $(id -g qmaild)"
+qmailsmtpd_tcpflags="-v -R -H -l mail.example.org -u $(id -u qmaild) -g $(getent group qmailtls | cut -d: -f3)"
 qmailsmtpd_tcphost="0"
 qmailsmtpd_tcpport="25"
 qmailsmtpd_tcprules="/var/qmail/control/tcprules/smtp"
@@ -212,7 +215,7 @@ qmailsend_log="YES"
 qmailsend_logcmd="logger -t nbqmail/send -p mail.info"
 """
     assert uploaded(plan, "/etc/rc.conf.d/stunnel") == """\
-# stunnel: STARTTLS on the submission port
+# stunnel: TLS on the submission ports
 # Managed by qmailhost: every variable is set, whatever the rc.d defaults.
 stunnel=YES
 stunnel_flags="/usr/pkg/etc/stunnel/stunnel.conf"

@@ -178,7 +178,8 @@ def test_backup_lists_and_streams_with_netbsd_tools(tmp_path):
     assert IN_DELIVERY not in by_path  # a delivery in progress is never backed up
     assert (by_path[MAILDIR].kind, by_path[MAILDIR].mode, by_path[MAILDIR].group) == ("dir", "700", "alice")
     assert (by_path[f"{ARCHIVE}/alice"].mode, by_path[f"{ARCHIVE}/alice"].group) == ("750", "wheel")
-    assert (by_path[f"{TLS}/key.pem"].mode, by_path[f"{TLS}/key.pem"].owner) == ("600", "root")
+    key = by_path[f"{TLS}/key.pem"]  # readable by spamdyke's group qmailtls too (port 25's STARTTLS)
+    assert (key.mode, key.owner, key.group) == ("640", "root", "qmailtls")
     assert (directory / "shadow").read_text() == f"alice:{host.hashes['alice']}\n"
     assert host.hashes["alice"].startswith("$sha1$24680$")
 
@@ -224,7 +225,7 @@ def test_restore_onto_a_freshly_deployed_host(tmp_path):
                                                        f"&& : > {TLS}/key.pem.qmailhost-new)")
     assert commands["Restore the TLS key"][1:] == [
         ["upload", old.tree[f"{TLS}/key.pem"]["data"].decode(), f"{TLS}/key.pem.qmailhost-new"],
-        f"chown root:wheel {TLS}/key.pem.qmailhost-new && chmod 600 {TLS}/key.pem.qmailhost-new "
+        f"chown root:qmailtls {TLS}/key.pem.qmailhost-new && chmod 640 {TLS}/key.pem.qmailhost-new "
         f"&& mv -f {TLS}/key.pem.qmailhost-new {TLS}/key.pem"]
     stamp = "/var/lib/qmailhost/stamps/service-stunnel"
     assert commands["Restart stunnel (the TLS pair changed)"] == [

@@ -2,10 +2,17 @@
 
 Binary packages are installed with pkgin, only those `pkg_info -e` does not find,
 with PKG_RCD_SCRIPTS=YES so their rc.d scripts are copied to /etc/rc.d. A package
-that needs a build option (mess822 with `sasl`: ofmipd with SMTP AUTH) gets one
-managed line in /etc/mk.conf (the rest of the file is the user's) and is built from
-/usr/pkgsrc, `replace` when installed, `install` when not, then `clean`; only when
-the installed package's recorded PKG_OPTIONS lack the option.
+that needs a build option pkgsrc does not build by default (mess822 with `sasl`:
+ofmipd with SMTP AUTH; spamdyke with `tls`: STARTTLS on port 25) gets one managed line
+in /etc/mk.conf (the rest of the file is the user's) and is built from /usr/pkgsrc,
+`replace` when installed, `install` when not, then `clean`; only when the installed
+package's recorded PKG_OPTIONS (`pkg_info -Q PKG_OPTIONS`) lack the option. A binary
+package whose default options qmailhost relies on (qmail with `tls`: qmail-remote's
+TLS) is only verified the same way: one built without them stops the run before it
+changes anything, with one line naming the fix (qmailhost never rebuilds what pkgin
+installed as the system's MTA). A built program that can say whether an option took
+(spamdyke's version line: "+TLS") is asked too, since a recorded option is a request,
+not a proof.
 """
 
 from __future__ import annotations
@@ -131,11 +138,87 @@ def built_with_options(pkgpath: str, package: str, options: list[str]):
     yield f"make -C {directory} {target} && make -C {directory} clean"
 
 
+def _has_options_command(package: str, options: list[str], refusal: str) -> str:
+    """Checks, when it runs, that PACKAGE's recorded PKG_OPTIONS hold OPTIONS (else REFUSAL, one line)."""
+    return (f"o=\" $(pkg_info -Q PKG_OPTIONS {shlex.quote(package)} 2>/dev/null) \"; "
+            f"for w in {' '.join(shlex.quote(o) for o in options)}; do case \"$o\" in *\" $w \"*) ;; "
+            f"*) echo {shlex.quote(refusal)} >&2; exit 1 ;; esac; done")
+
+
+def default_options_refusal(pkgpath: str, package: str, options: list[str]) -> str:
+    """The one line a run stops with when binary PACKAGE lacks OPTIONS (pkgsrc's defaults)."""
+    wanted = " ".join(options)
+    return (f"{package} is installed without the pkgsrc option {wanted} (a pkgsrc default): rebuild it with it "
+            f"(add PKG_OPTIONS.{package}+={wanted} to {MK_CONF}, then make -C {PKGSRC}/{pkgpath} replace clean) "
+            f"or reinstall the binary package from pkgin")
+
+
+@operation()
+def has_default_options(pkgpath: str, package: str, options: list[str]):
+    """PACKAGE (a binary package: pkgsrc builds it with OPTIONS by default) was built with
+    OPTIONS; a package without them stops the run (never rebuilt here). Not installed yet
+    (the base packages bring it in this run): checked when the run reaches this."""
+    current = host.get_fact(PackageOptions, package=package, pkgpath=pkgpath)
+    refusal = default_options_refusal(pkgpath, package, options)
+    if current["installed"]:
+        if any(o not in current["options"] for o in options):
+            raise OperationError(refusal)
+        host.noop(f"{package} is installed with {' '.join(options)}")
+        return
+    yield _has_options_command(package, options, refusal)
+
+
+class ProgramReport(FactBase):
+    """The first line COMMAND prints (None: PACKAGE is not installed)."""
+
+    def command(self, package, report):
+        return f"pkg_info -e {shlex.quote(package)} >/dev/null 2>&1 && echo \"report $({report})\"; true"
+
+    @staticmethod
+    def default():
+        return None
+
+    def process(self, output):
+        return next((line[len("report "):] for line in output if line.startswith("report ")), None)
+
+
+@operation()
+def reports(package: str, report: str, marker: str, meaning: str, pkgpath: str | None = None,
+            options: tuple[str, ...] = ()):
+    """Installed PACKAGE's REPORT (a command printing one line) holds MARKER; a program whose
+    line lacks it stops the run (MEANING: what that means). Not installed yet, or not yet
+    built with OPTIONS (from PKGPATH, earlier in this run): checked when the run reaches this,
+    after that build."""
+    line = host.get_fact(ProgramReport, package=package, report=report)
+    if pkgpath and line is not None:
+        built = host.get_fact(PackageOptions, package=package, pkgpath=pkgpath)
+        if any(o not in built["options"] for o in options):
+            line = None  # this run rebuilds it first: what the old build says does not count
+    refusal = f"{meaning}: `{report}` says {line!r}, without {marker!r}"
+    if line is not None:
+        if marker not in line:
+            raise OperationError(refusal)
+        host.noop(f"{package} says {marker}")
+        return
+    runtime = f"{meaning}: `{report}` does not say {marker!r}"
+    yield (f"case \"$({report})\" in *{shlex.quote(marker)}*) ;; "
+           f"*) echo {shlex.quote(runtime)} >&2; exit 1 ;; esac")
+
+
 def install(platform, extra: tuple[str, ...] = ()) -> None:
-    """The platform's binary packages (and EXTRA), then its pkgsrc builds."""
+    """The platform's binary packages (and EXTRA) and the default options it relies on, then
+    its pkgsrc builds, then what the built programs say of themselves."""
     binary_packages(name="Install the base packages", packages=[*platform.base_packages, *extra])
+    for pkgpath, package, options in platform.pkgsrc_default_options:
+        has_default_options(name=f"Check that {package} has its default option(s) {' '.join(options)}",
+                            pkgpath=pkgpath, package=package, options=list(options))
     for pkgpath, package, options in platform.pkgsrc_builds:
         mk_conf_options(name=f"Build {package} with {' '.join(options)} (/etc/mk.conf)",
                         package=package, options=list(options))
         built_with_options(name=f"Build and install {package} from pkgsrc", pkgpath=pkgpath,
                            package=package, options=list(options))
+    builds = {package: (pkgpath, options) for pkgpath, package, options in platform.pkgsrc_builds}
+    for package, report, marker, meaning in platform.pkgsrc_proofs:
+        pkgpath, options = builds.get(package, (None, ()))
+        reports(name=f"Check that {package} says {marker}", package=package, report=report, marker=marker,
+                meaning=meaning, pkgpath=pkgpath, options=tuple(options))

@@ -8,9 +8,10 @@ folder.
 
 - Debian 13 and 12 build qmail, mess822, checkpassword and spamdyke from pinned sources,
   install the rest with apt and run services under daemontools.
-- NetBSD 9 and 10 take binary packages from pkgin, build mess822 from pkgsrc with the
-  SMTP AUTH option, and run services through qmail-run's and stunnel's rc.d scripts,
-  configured by one file per service in /etc/rc.conf.d.
+- NetBSD 9 and 10 take binary packages from pkgin (qmail's with its default tls option,
+  verified), build mess822 (SMTP AUTH) and spamdyke (TLS) from pkgsrc with options, and
+  run services through qmail-run's and stunnel's rc.d scripts, configured by one file per
+  service in /etc/rc.conf.d.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ class Platform:
     builds_from_source: tuple[str, ...] = ("notqmail", "mess822", "checkpassword", "spamdyke")
     # pkgsrc packages built from source with options: (pkgpath, package, options).
     pkgsrc_builds: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    # pkgsrc binary packages whose default options qmailhost relies on: (pkgpath, package,
+    # options). Verified, never rebuilt: a package without them stops the run, naming the fix.
+    pkgsrc_default_options: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    # What an installed program says of itself once built: (package, command printing one
+    # line, text that line must hold, what it means); a package whose options were recorded
+    # but did not take stops the run.
+    pkgsrc_proofs: tuple[tuple[str, str, str, str], ...] = ()
     qmail_bin: str = "/var/qmail/bin"  # qmail's programs (pkgsrc: under its prefix)
     true_command: str = "/bin/true"
     root_group: str = "root"
@@ -162,7 +170,22 @@ NETBSD_SHELL = Shell(sha256="openssl dgst -sha256 -r", stat="stat -f '%OMp%OLp %
                      disk_usage="echo $(( $(du -sk {dir} | cut -f1) * 1024 ))",
                      tar_create="cd / && pax -w -d -0 -x ustar", tar_trees="pax -w -x ustar",
                      tar_extract="cd / && pax -r -k -pe", tar_format="ustar")
-NETBSD_PACKAGES = ("qmail-run", "stunnel", "spamdyke", "checkpassword", "ucspi-tcp", "unbound")
+# spamdyke is not among them: pkgsrc builds it (NETBSD_BUILDS).
+NETBSD_PACKAGES = ("qmail-run", "stunnel", "checkpassword", "ucspi-tcp", "unbound")
+# Options pkgsrc does not build by default (mk/bsd.prefs.mk: PKG_DEFAULT_OPTIONS is empty, so
+# pkgin's binary packages carry each package's PKG_SUGGESTED_OPTIONS only): built from
+# /usr/pkgsrc. mess822 "sasl": ofmipd with SMTP AUTH. spamdyke "tls": STARTTLS on port 25
+# (mail/spamdyke/options.mk supports tls but suggests nothing).
+NETBSD_BUILDS = (("mail/mess822", "mess822", ("sasl",)), ("mail/spamdyke", "spamdyke", ("tls",)))
+# Options pkgsrc builds by default, verified: qmail "tls" (mail/qmail/options.mk suggests it) is
+# qmail-remote's TLS, the qmail-tls patch's (control/tlshosts, control/notlshosts; pkgsrc's
+# patch is the qmail-remote half, qmail-smtpd's TLS is left out).
+NETBSD_DEFAULT_OPTIONS = (("mail/qmail", "qmail", ("tls",)),)
+# spamdyke's configure defines HAVE_LIBSSL (all of its TLS code) only when it finds
+# SSL_library_init, a check pkgsrc's patch-configure.ac removes for OpenSSL 1.1: the version
+# line it prints says "+TLS" only when TLS was compiled in, whatever PKG_OPTIONS recorded.
+NETBSD_PROOFS = (("spamdyke", "/usr/pkg/bin/spamdyke -v 2>&1 </dev/null | head -1", "+TLS",
+                  "spamdyke has no TLS compiled in (port 25 could not offer STARTTLS)"),)
 
 # The password database is rewritten the way vipw(8) does it: /etc/ptmp (created
 # exclusively: it is the lock), then pwd_mkdb installs it as /etc/master.passwd. The
@@ -183,7 +206,7 @@ def netbsd(release: str) -> Platform:
         nologin="/sbin/nologin", base_packages=NETBSD_PACKAGES,
         submission_modes=("ofmipd", "spamdyke", "tmda"),
         package_manager="pkgin", service_backend="rcd", builds_from_source=(),
-        pkgsrc_builds=(("mail/mess822", "mess822", ("sasl",)),),
+        pkgsrc_builds=NETBSD_BUILDS, pkgsrc_default_options=NETBSD_DEFAULT_OPTIONS, pkgsrc_proofs=NETBSD_PROOFS,
         qmail_bin="/usr/pkg/bin", true_command="true", root_group="wheel",
         accounts=NETBSD_ACCOUNTS, shell=NETBSD_SHELL,
         password_scheme="sha1_crypt", password_apply=NETBSD_PASSWORD_APPLY,
