@@ -62,7 +62,7 @@ def test_port_25_offers_starttls_and_still_takes_plaintext(tlshost):
                 "--timeout", "30"]
         sent = __import__("subprocess").run(argv, capture_output=True, text=True, timeout=90)
         assert sent.returncode == 0, sent.stdout[-2000:]
-        assert re.search(r"<~? +250[ -]STARTTLS", sent.stdout), sent.stdout[-2000:]
+        assert re.search(r"<- +250[ -]STARTTLS", sent.stdout), sent.stdout[-2000:]
         if tls:
             assert "TLS started" in sent.stdout, sent.stdout[-2000:]
         wait_for_delivery(tlshost, USER, subject)
@@ -124,7 +124,7 @@ def predicted_and_real(host: sandbox.Host, data: dict) -> tuple[list[str], list[
 def test_modern_policy_refuses_tls_1_2_everywhere_and_rolls_back(tlshost):
     planned, changed, restarted = predicted_and_real(tlshost, {"tls_policy": "modern"})
     assert planned == changed == sorted(["Write the TLS policy for OpenSSL (spamdyke)", "Write stunnel's config",
-                                         "Write spamdyke's port 25 config", "Enable stunnel"])
+                                         "Restart stunnel"])  # spamdyke's cipher list is the same
     assert restarted == {"stunnel"}  # spamdyke reads its config and the policy per connection
     for port in PORTS:
         assert tls_session(tlshost, port, tls_context())[0] == "TLSv1.3"
@@ -139,7 +139,7 @@ def test_modern_policy_refuses_tls_1_2_everywhere_and_rolls_back(tlshost):
 
 def test_465_is_a_setting_off_and_on_again(tlshost):
     planned, changed, restarted = predicted_and_real(tlshost, {"submissions_port": None})
-    assert planned == changed == sorted(["Write stunnel's config", "Enable stunnel"])
+    assert planned == changed == sorted(["Write stunnel's config", "Restart stunnel"])
     assert restarted == {"stunnel"}
     assert "[submissions]" not in tlshost.ssh("cat /etc/qmailhost/stunnel.conf").stdout
     with pytest.raises(OSError):
