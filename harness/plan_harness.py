@@ -113,3 +113,21 @@ def plan_operation(op, kwargs: dict, answer: Answer, host_name: str = "mail.exam
     with _answering(answer), mock.patch.object(Host, "noop", noop), ctx_state.use(state), ctx_host.use(host):
         commands = parse_commands(list(op._inner(**kwargs)))
     return commands, noted.description
+
+
+def commands_of(plan) -> list[str]:
+    """Every command of a plan, uploads shown as "upload DEST"."""
+    return [c if isinstance(c, str) else f"upload {c[2]}" for _, commands in plan for c in commands]
+
+
+def uploaded(plan, dest: str) -> str:
+    """What a plan uploads as DEST (through its private file beside it)."""
+    return next(c[1] for _, commands in plan for c in commands
+                if isinstance(c, list) and c[2] == f"{dest}.qmailhost-new")
+
+
+def index(commands: list[str], wanted: str) -> int:
+    """Where the first command containing WANTED stands (it must be there)."""
+    found = [i for i, command in enumerate(commands) if wanted in command]
+    assert found, f"no command contains {wanted!r}"
+    return found[0]

@@ -20,7 +20,7 @@ import yaml
 from passlib.hash import sha1_crypt
 
 from harness.netbsd_host import NetBSDHost
-from harness.plan_harness import plan_deploy, plan_operation
+from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
 from qmailhost.core import ops
 from qmailhost.core import platform as platforms
 
@@ -96,19 +96,10 @@ def data(**settings):
             "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}], **settings}
 
 
-def commands_of(plan) -> list[str]:
-    return [c if isinstance(c, str) else f"upload {c[2]}" for _, commands in plan for c in commands]
 
 
-def uploaded(plan, dest: str) -> str:
-    return next(c[1] for _, commands in plan for c in commands
-                if isinstance(c, list) and c[2] == f"{dest}.qmailhost-new")
 
 
-def index(commands: list[str], wanted: str) -> int:
-    found = [i for i, command in enumerate(commands) if wanted in command]
-    assert found, f"no command contains {wanted!r}"
-    return found[0]
 
 
 def assert_netbsd_only(plan) -> None:

@@ -18,7 +18,7 @@ import pytest
 from pyinfra.api.exceptions import OperationError
 
 from harness.netbsd_host import NetBSDHost
-from harness.plan_harness import plan_deploy, plan_operation
+from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
 from qmailhost.backends import pkgsrc
 from qmailhost.core import platform as platforms
 
@@ -37,19 +37,10 @@ def data(**settings):
             "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}], **settings}
 
 
-def commands_of(plan) -> list[str]:
-    return [c if isinstance(c, str) else f"upload {c[2]}" for _, commands in plan for c in commands]
 
 
-def uploaded(plan, dest: str) -> str:
-    return next(c[1] for _, commands in plan for c in commands
-                if isinstance(c, list) and c[2] == f"{dest}.qmailhost-new")
 
 
-def index(commands: list[str], wanted: str) -> int:
-    found = [i for i, command in enumerate(commands) if wanted in command]
-    assert found, f"no command contains {wanted!r}"
-    return found[0]
 
 
 def converged(**settings) -> NetBSDHost:
