@@ -156,7 +156,7 @@ def test_the_group_exists_before_the_key_is_given_to_it_and_before_port_25_start
     commands = commands_of(plan)
     assert index(commands, "groupadd qmailtls") < index(commands, f"chgrp qmailtls {KEY}.qmailhost-new") \
         < index(commands, "/etc/rc.d/qmailsmtpd start")
-    assert f"chown root:qmailtls {KEY} && chmod 640 {KEY}" in commands
+    assert f"chown root:qmailtls {KEY} && chmod 640 {KEY}" not in commands  # made so, not fixed after
     host = host.copy()
     host.apply(plan)
     assert "qmailtls" in host.groups
@@ -331,3 +331,11 @@ def test_the_facts_ask_pkg_info_and_the_program():
         f'pkg_info -e spamdyke >/dev/null 2>&1 && echo "report $({REPORT})"; true')
     assert pkgsrc.ProgramReport().process(["report spamdyke 5.0.1+TLS"]) == "spamdyke 5.0.1+TLS"
     assert pkgsrc.ProgramReport().process([]) is None
+
+
+def test_a_key_left_readable_by_its_owner_only_is_given_back_to_the_tls_group():
+    host = converged()
+    for listing in (host.files[KEY], host.tree[KEY]):
+        listing.update(mode="600", group="wheel")
+    commands = commands_of(plan_deploy(data(), host.answer))
+    assert commands == [f"chown root:qmailtls {KEY} && chmod 640 {KEY}"]

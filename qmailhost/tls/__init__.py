@@ -145,8 +145,9 @@ def configure(platform: Platform, settings: Settings) -> Pair:
         remade = _remade(settings.hostname)
         self_signed_certificate(name=f"Make a self-signed certificate for {settings.hostname}",
                                 hostname=settings.hostname, cert=cert, key=key)
-        ops.permissions(name="Let only root and qmailtls read the TLS key", path=key, mode=KEY_MODE,
-                        user="root", group=KEY_GROUP)
+        if not remade:  # a pair made anew has them from the first byte
+            ops.permissions(name="Let only root and qmailtls read the TLS key", path=key, mode=KEY_MODE,
+                            user="root", group=KEY_GROUP)
         now = None if remade else host_state()["cert"]["sha256"]
         return Pair("self-signed", measured=(_measure(platform, cert), now))
     cert_data, key_data = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
