@@ -6,10 +6,12 @@ key only root and the TLS group can read."""
 
 from __future__ import annotations
 
+import os
 import re
 import smtplib
 import socket
 import ssl
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -27,7 +29,7 @@ PORTS = {25: "smtp", 465: None, 587: "smtp"}  # port -> testssl's --starttls
 
 @pytest.fixture(scope="module")
 def tlshost(sandbox_ready, sources):
-    host = sandbox.create(f"t{__import__('os').getpid()}-tls")
+    host = sandbox.create(f"t{os.getpid()}-tls")
     try:
         pyinfra(host)
         yield host
@@ -60,7 +62,7 @@ def test_port_25_offers_starttls_and_still_takes_plaintext(tlshost):
         argv = ["swaks", "--server", tlshost.address, "--port", "25", *([tls] if tls else []),
                 "--from", "someone@peer.example", "--to", f"{USER}@{DOMAIN}", "--header", f"Subject: {subject}",
                 "--timeout", "30"]
-        sent = __import__("subprocess").run(argv, capture_output=True, text=True, timeout=90)
+        sent = subprocess.run(argv, capture_output=True, text=True, timeout=90)
         assert sent.returncode == 0, sent.stdout[-2000:]
         assert re.search(r"<- +250[ -]STARTTLS", sent.stdout), sent.stdout[-2000:]
         if tls:
