@@ -16,6 +16,7 @@ from pyinfra import host
 from qmailhost import (
     accounts,
     checkpassword,
+    imap,
     mess822,
     qmail,
     resolver,
@@ -39,7 +40,7 @@ checksums = {name: distfile.sha512 for name, (distfile, _) in fetched.items()}
 facts.watch(settings, platform)
 
 # Packages, users, sources
-packages.install(platform, mode.packages)
+packages.install(platform, (*mode.packages, *imap.packages(platform, settings)))
 tmda.converge(platform, mode)  # before anything listens on 587: TMDA's stunnel stanza may hold it
 qmail.users(platform)
 submission.user(platform)
@@ -67,6 +68,7 @@ resolver.configure(platform, settings)
 smtpd.configure(platform, settings)
 submission.configure(platform, settings, mode)
 stunnel.configure(platform, settings, tls_pair, mode)
+imap.configure(platform, settings, tls_pair)
 services.backend(platform).settle(platform)
 
 # Status checks from outside, once the last operation has run (verify_after_deploy=false skips them)

@@ -184,6 +184,7 @@ class Relay:
             return
         if process.poll() is None:
             with contextlib.suppress(OSError):
+                process.stdin.write(b"stop\n")  # "stop" then EOF: the starter will read the log
                 process.stdin.close()  # EOF: the relay exits by itself
             try:
                 process.wait(timeout=5)
@@ -212,8 +213,8 @@ class Relay:
 
 def _forward(listen: str, listen_port: int, target: str, target_port: int, log_path: str | None = None) -> None:
     """The relay process: accept on LISTEN:LISTEN_PORT, connect to TARGET:TARGET_PORT, copy bytes.
-    Ends at EOF on stdin (the starter's stop(), or its death; then LOG_PATH goes too)."""
-    starter = os.getppid()
+    Ends at EOF on stdin: after "stop" from the starter's stop(), or without it when the starter
+    died, and then nobody will read LOG_PATH, so it goes too."""
 
     def note(text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
@@ -225,10 +226,11 @@ def _forward(listen: str, listen_port: int, target: str, target_port: int, log_p
         sys.exit(1)
 
     def watch_starter() -> None:  # the starter closed our stdin, or died: stop everything
+        said = b""
         with contextlib.suppress(OSError):
-            sys.stdin.buffer.read()
+            said = sys.stdin.buffer.read()
         note("stdin closed: exiting")
-        if log_path and os.getppid() != starter:  # the starter died: nobody will read or remove the log
+        if log_path and b"stop" not in said:  # the starter died: nobody will read or remove the log
             with contextlib.suppress(OSError):
                 os.unlink(log_path)
         os._exit(0)

@@ -109,10 +109,17 @@ def _restart_and_wait(service: str, port: int) -> str:
             f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>/dev/null && break; sleep 0.1; done")
 
 
-def _edit_and_restore(path: str, sed: str, after: str) -> tuple[str, str]:
-    """Commands that edit PATH with SED then run AFTER, and that put PATH back and run AFTER."""
-    return (f"cp -p {path} {path}.verify-orig && sed -i {sed} {path} && {after}",
+def _edit_and_restore(path: str, sed: str, after: str, before: str = "true") -> tuple[str, str]:
+    """Commands that run BEFORE, edit PATH with SED then run AFTER, and that put PATH back and run AFTER."""
+    return (f"{before} && cp -p {path} {path}.verify-orig && sed -i {sed} {path} && {after}",
             f"mv -f {path}.verify-orig {path} && {after}")
+
+
+# A checkpassword that takes any password: it reads what ofmipd writes on fd 3 (or ofmipd
+# may find the pipe closed and answer 454 to the right password too), then runs the rest.
+ACCEPT_ANY = "/usr/local/bin/verify-accept-any"
+_WRITE_ACCEPT_ANY = (f"printf '#!/bin/sh\\ncat <&3 >/dev/null\\nexec \"$@\"\\n' > {ACCEPT_ANY} "
+                     f"&& chmod 755 {ACCEPT_ANY}")
 
 
 def _rules(name: str, sed: str) -> tuple[str, str]:
@@ -147,15 +154,15 @@ BREAKAGES = [
     Breakage("loopback_ports_closed", *_edit_and_restore(RUN, "'s/ 127\\.0\\.0\\.1 26 / 0 26 /'", RESTART_OFMIPD)),
     Breakage("submission_requires_auth",
              *_rules("ofmip", "'s/^127\\.0\\.0\\.1:allow$/127.0.0.1:allow,RELAYCLIENT=\"\"/'")),
-    Breakage("wrong_password_refused",
-             *_edit_and_restore(RUN, "'s| /usr/local/bin/checkpassword | /bin/true |'", RESTART_OFMIPD)),
+    Breakage("wrong_password_refused", *_edit_and_restore(
+        RUN, f"'s| /usr/local/bin/checkpassword | {ACCEPT_ANY} |'", RESTART_OFMIPD, before=_WRITE_ACCEPT_ANY)),
     Breakage("certificate_name",
              *_certificate("-days 30 -subj /CN=other.example -addext subjectAltName=DNS:other.example")),
     Breakage("certificate_expiry", *_certificate(
         "-subj /CN=mail.sandbox.test -addext subjectAltName=DNS:mail.sandbox.test "
         "-not_before 20190101000000Z -not_after 20200101000000Z")),
-    Breakage("old_tls_refused", *_edit_and_restore(
-        STUNNEL_CONF, "'s/^sslVersionMin = .*/sslVersionMin = TLSv1\\nciphers = DEFAULT:@SECLEVEL=0/'",
+    Breakage("tls_policy", *_edit_and_restore(
+        STUNNEL_CONF, "-e 's/^sslVersionMin = .*/sslVersionMin = TLSv1/' -e 's/^ciphers = .*/ciphers = DEFAULT:@SECLEVEL=0/'",
         _restart_and_wait("stunnel", 587))),
     Breakage("services_up", "svc -d /etc/service/qmail-send && sleep 1", "svc -u /etc/service/qmail-send && sleep 1"),
     Breakage("submission_mode", *_edit_and_restore("/var/lib/qmailhost/submission-mode", "s/ofmipd/spamdyke/", "true")),

@@ -68,7 +68,8 @@ def declare(platform: Platform, service: Service) -> None:
     rewritten = service.rewritten or ops.differs(f"{directory}/run", service.run)
     _signal(name, link, [service.run, *service.reads_at_start], rewritten=rewritten, measured=service.measured)
     if service.reload_on:
-        _signal(name, link, list(service.reload_on), signal="h", why="Reload", rewritten=service.reload_rewritten)
+        _signal(name, link, list(service.reload_on), signal="h", why="Reload", rewritten=service.reload_rewritten,
+                measured=service.reload_measured)
     if service.replaces:
         replaced, _why = service.replaces
         unlinked(name=f"Stop and unlink {replaced}", link=f"{platform.service_dir}/{replaced}")

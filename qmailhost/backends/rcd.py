@@ -107,7 +107,8 @@ def declare(platform: Platform, service: Service) -> None:
         status = f"{platform.rcd_dir}/{name} onestatus >/dev/null 2>&1"
         ops.stamped(name=f"Reload {name}", stamp=f"service-{name}-h", inputs="\n".join(service.reload_on),
                     commands=[f"if {status}; then {platform.rcd_dir}/{name} reload; fi"],
-                    description=f"reload {name}", rewritten=service.reload_rewritten)
+                    description=f"reload {name}", rewritten=service.reload_rewritten,
+                    measured=service.reload_measured)
     if service.replaces:
         replaced, why = service.replaces
         disabled(platform, rcd_name(replaced), why)

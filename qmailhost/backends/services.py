@@ -44,6 +44,7 @@ class Service:
     measured: tuple[str, str | None] | None = None  # (command, digest now) of files made on the host
     reload_on: tuple[str, ...] = ()  # a change here reloads it (qmail-send: HUP) instead
     reload_rewritten: bool = False  # this run rewrites a file it re-reads on reload
+    reload_measured: tuple[str, str | None] | None = None  # as measured, for what it re-reads on reload
     replaces: tuple[str, str] | None = None  # (name, why): a service that must not run beside it
 
 

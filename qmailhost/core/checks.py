@@ -19,6 +19,8 @@ Passwords, hashes and keys are never printed.
 from __future__ import annotations
 
 import contextlib
+import imaplib
+import poplib
 import smtplib
 import socket
 import ssl
@@ -41,6 +43,8 @@ from qmailhost.core.platform import Platform
 from qmailhost.core.settings import Settings, SettingsError, boolean, password_from
 
 OK, WARNING, ERROR, SKIPPED = "ok", "warning", "error", "skipped"
+# What a session with a TLS port can raise besides ssl.SSLError (an OSError) on the way.
+SESSION_ERRORS = (OSError, smtplib.SMTPException, imaplib.IMAP4.error, poplib.error_proto)
 OPERATION_NAME = "Check the mail host from outside"
 
 TIMEOUT = 20  # seconds per network step (covers spamdyke's greeting delay)
@@ -142,8 +146,13 @@ class Target:
 
     @contextlib.contextmanager
     def tls_session(self, tls_port: TlsPort, context: ssl.SSLContext):
-        """An SMTP session on TLS_PORT once TLS is up (STARTTLS, or from the first byte) and
-        the EHLO after it has been read, as a mail client or peer server makes it."""
+        """A session on TLS_PORT once TLS is up (STARTTLS, or from the first byte), as a mail
+        client or peer server makes it: for SMTP, with the EHLO after it read; for IMAP and
+        POP3, the standard library's client (its .sock is the TLS socket)."""
+        if tls_port.protocol != "smtp":
+            with self._mailbox_session(tls_port, context) as client:
+                yield client
+            return
         if tls_port.starttls:
             with self.smtp(tls_port.port) as client:
                 client.ehlo()
@@ -158,6 +167,36 @@ class Target:
             yield client
         finally:
             _close(client)
+
+    @contextlib.contextmanager
+    def _mailbox_session(self, tls_port: TlsPort, context: ssl.SSLContext):
+        """imaplib or poplib on TLS_PORT, TLS up (STARTTLS read from the capabilities first)."""
+        if tls_port.protocol == "imap":
+            if tls_port.starttls:
+                client = imaplib.IMAP4(self.address, tls_port.port, timeout=TIMEOUT)
+                try:
+                    client.starttls(ssl_context=context)
+                except BaseException:
+                    client.shutdown()
+                    raise
+            else:
+                client = imaplib.IMAP4_SSL(self.address, tls_port.port, ssl_context=context, timeout=TIMEOUT)
+            try:
+                yield client
+            finally:
+                with contextlib.suppress(*SESSION_ERRORS):
+                    client.logout()
+            return
+        if tls_port.starttls:
+            client = poplib.POP3(self.address, tls_port.port, timeout=TIMEOUT)
+            client.stls(context=context)
+        else:
+            client = poplib.POP3_SSL(self.address, tls_port.port, context=context, timeout=TIMEOUT)
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(*SESSION_ERRORS):
+                client.quit()
 
     def submission(self, context: ssl.SSLContext, tls_port: TlsPort | None = None):
         """A session on a submission port (default: the STARTTLS one) after TLS and a second EHLO."""

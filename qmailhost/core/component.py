@@ -62,12 +62,14 @@ class Listener:
 
 @dataclass(frozen=True)
 class TlsPort:
-    """A port that serves TLS under the one policy (tls/): STARTTLS after the EHLO (25, 587),
-    or TLS from the first byte (465). ROLE: what it is for, as the checks report it."""
+    """A port that serves TLS under the one policy (tls/): STARTTLS after the greeting (25,
+    587, 143), or TLS from the first byte (465, 993). ROLE: what it is for, as the checks
+    report it; PROTOCOL: what is spoken on it, "smtp", "imap" or "pop3"."""
 
     port: int
     role: str
     starttls: bool
+    protocol: str = "smtp"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import hashlib
 import os
 import re
 import shlex
-import smtplib
 import ssl
 import subprocess
 import tempfile
@@ -34,7 +33,17 @@ from pyinfra.operations.util import any_changed
 
 from qmailhost.backends import services
 from qmailhost.core import ops
-from qmailhost.core.checks import ERROR, OK, SKIPPED, TIMEOUT, WARNING, Failed, one_line, tls_context
+from qmailhost.core.checks import (
+    ERROR,
+    OK,
+    SESSION_ERRORS,
+    SKIPPED,
+    TIMEOUT,
+    WARNING,
+    Failed,
+    one_line,
+    tls_context,
+)
 from qmailhost.core.component import BackupPart, Component, Probe, Setting
 from qmailhost.core.facts import host_state
 from qmailhost.core.platform import Platform
@@ -249,7 +258,7 @@ def _refused(target, tls_port, context) -> str | None:
         if "NO_PROTOCOLS_AVAILABLE" in str(error) or "NO_CIPHERS_AVAILABLE" in str(error):
             raise _CannotOffer() from None
         return None
-    except (ConnectionError, smtplib.SMTPException, OSError):
+    except SESSION_ERRORS:
         return None
 
 
@@ -274,7 +283,7 @@ def check_tls_policy(target):
         try:
             with target.tls_session(tls_port, tls_context()) as client:
                 version = client.sock.version()
-        except (ssl.SSLError, OSError, smtplib.SMTPException) as error:
+        except SESSION_ERRORS as error:
             problems.append(f"port {tls_port.port} ({tls_port.role}) gives no TLS session: {one_line(str(error))}")
             continue
         agreed = []
