@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from harness.plan_harness import DEFAULT
 
 PACKAGE_RC_SCRIPTS = {"qmail-run": ("qmailsend", "qmailsmtpd", "qmailofmipd", "qmailpop3d", "qmailqread"),
-                      "stunnel": ("stunnel",), "tmda": ("tofmipd",), "unbound": ("unbound",)}
+                      "stunnel": ("stunnel",), "tmda": ("tofmipd",), "unbound": ("unbound",),
+                      "dovecot": ("dovecot",)}  # mail/dovecot2: RCD_SCRIPTS=dovecot (files/dovecot.sh)
+# The users (each in its own group) a package's PKG_USERS creates when it is installed.
+PACKAGE_USERS = {"dovecot": ("dovecot", "dovenull")}  # mail/dovecot2: dovecot:dovecot dovenull:dovenull
+# The rc.d scripts with a reload command (extra_commands="reload"): the others say "unknown command".
+RC_RELOADS = {"qmailsend", "dovecot"}
+DOVECOT = "/usr/pkg/sbin/dovecot"
 # The options pkgin's binary packages were built with: pkgsrc's PKG_SUGGESTED_OPTIONS
 # (mail/qmail/options.mk: tls among them; mail/spamdyke and mail/mess822 suggest none).
 BINARY_OPTIONS = {"qmail": ["eai", "syncdir", "tls", "qmail-customerror", "qmail-srs"]}
@@ -59,9 +65,12 @@ class NetBSDHost:
     # Whether a spamdyke built with the tls option has TLS compiled in (its version line says
     # "+TLS"): False is a build whose configure left HAVE_LIBSSL undefined.
     spamdyke_tls_compiled: bool = True
+    # What `dovecot --version` prints first (pkgsrc's mail/dovecot2 was 2.3.x): a test may make it a 2.4.
+    dovecot_version: str = "2.3.21.1"
     tmda_pieces: list[tuple[str, str]] = field(default_factory=list)
     tmda_archive: dict | None = None
     executed: list[str] = field(default_factory=list)
+    reloaded: list[str] = field(default_factory=list)  # rc.d services reloaded while running, in order
     _uploads: dict[str, str] = field(default_factory=dict)
     # Recovery (backup.py, restore.py): what the recovery scripts and streams see.
     hashes: dict[str, str] = field(default_factory=dict)  # user -> its whole hash in /etc/master.passwd
@@ -105,6 +114,14 @@ class NetBSDHost:
         """The first line `spamdyke -v` prints (spamdyke.h's VERSION_STRING)."""
         tls = "+TLS" if "tls" in self.packages.get("spamdyke", []) and self.spamdyke_tls_compiled else ""
         return f"spamdyke 5.0.1{tls}+CONFIGTEST+DEBUG (C)2015 Sam Clippinger, samc (at) silence (dot) org"
+
+    def _fact_DovecotVersion(self, program):
+        assert program == DOVECOT, program
+        return self.dovecot_version if "dovecot" in self.packages else None
+
+    def dovecot_report(self) -> str:
+        """What `dovecot --version` prints (the version, then the build's commit)."""
+        return f"{self.dovecot_version} (0a1b2c3d4e)"
 
     def _fact_FindFiles(self, path, maxdepth):
         assert maxdepth == 1, maxdepth
@@ -193,6 +210,10 @@ class NetBSDHost:
             for package in m[1].split():
                 self.packages[package] = list(BINARY_OPTIONS.get(package, []))
                 self.rc_scripts.update(PACKAGE_RC_SCRIPTS.get(package, ()))
+                for user in PACKAGE_USERS.get(package, ()):
+                    self.groups.add(user)
+                    self.users.setdefault(user, {"uid": str(300 + len(self.users)), "home": "/nonexistent",
+                                                 "shell": "/sbin/nologin", "group": user})
                 if package == "qmail-run":  # pulls qmail (its default options) and the binary mess822 (none)
                     self.packages.setdefault("qmail", list(BINARY_OPTIONS["qmail"]))
                     self.packages.setdefault("mess822", [])
@@ -220,6 +241,11 @@ class NetBSDHost:
                                r'\*\) echo (.+) >&2; exit 1 ;; esac', command):
             # what the built program says of itself, checked when the run gets there
             assert m[2] in self.spamdyke_version(), f"the run stops: {shlex.split(m[3])[0]}"
+        elif m := re.fullmatch(rf"v=\$\(({DOVECOT}) --version \| cut -d' ' -f1\); case \"\$v\" in "
+                               r"([\d.]+)\|\2\.\*\) ;; \*\) echo \"(.+)\" >&2; exit 1 ;; esac", command):
+            # the language the installed Dovecot speaks, checked when the run gets there (after the install)
+            spoken = self.dovecot_report().split(" ")[0] if "dovecot" in self.packages else ""
+            assert spoken == m[2] or spoken.startswith(f"{m[2]}."), f"the run stops: {m[3].replace('$v', spoken)}"
         elif m := re.fullmatch(r"groupadd (\w+)", command):
             self.groups.add(m[1])
         elif command.startswith("useradd "):
@@ -241,8 +267,12 @@ class NetBSDHost:
             self.stamps.pop(m[1], None)
         elif m := re.fullmatch(rf"echo (\w+) > {STAMPS}/(\S+)\.new && mv -f {STAMPS}/\2\.new {STAMPS}/\2", command):
             self.stamps[m[2]] = m[1]
-        elif command.startswith("if /etc/rc.d/qmailsend onestatus"):
-            pass  # a reload: nothing the facts show
+        elif m := re.fullmatch(r"if /etc/rc.d/(\w+) onestatus >/dev/null 2>&1; then /etc/rc.d/\1 reload; fi",
+                               command):
+            assert m[1] in self.rc_scripts, f"no rc.d script for {command}"
+            assert m[1] in RC_RELOADS, f"/etc/rc.d/{m[1]} has no reload command"
+            if m[1] in self.running:  # a reload: nothing the facts show
+                self.reloaded.append(m[1])
         elif m := re.fullmatch(rf"s={STAMPS}/(\S+); if \[ -f \$s \]; then echo \"\$\(cut -d' ' -f1 \$s\) "
                                r"\$\(openssl dgst -sha256 -r < (\S+) \| cut -c1-64\)\" > \$s\.new && mv -f \$s\.new \$s; fi",
                                command):

@@ -91,7 +91,8 @@ BREAKAGES = [
              "&& svc -t /etc/service/stunnel",
              frozenset({"Write stunnel's config", "Restart stunnel"})),
     Breakage("a deleted certificate", f"rm -f {CERT} /etc/qmailhost/tls/key.pem",
-             frozenset({"Make a self-signed certificate for mail.sandbox.test", "Restart stunnel"})),
+             frozenset({"Make a self-signed certificate for mail.sandbox.test", "Restart stunnel",
+                        "Reload dovecot"})),
     Breakage("a stopped service", "svc -d /etc/service/qmail-smtpd",
              frozenset({"Enable service qmail-smtpd"}),
              broken=lambda host: ": down" in host.ssh("svstat /etc/service/qmail-smtpd").stdout),
@@ -117,7 +118,8 @@ def test_a_pair_made_anew_on_the_host_is_the_one_served(host):
     assert served_certificate(host) == old
     host.ssh("rm -f /etc/qmailhost/tls/cert.pem /etc/qmailhost/tls/key.pem")
     dry = pyinfra(host, "--dry", data=QUIET)
-    assert set(dry.planned()) == {"Make a self-signed certificate for mail.sandbox.test", "Restart stunnel"}
+    assert set(dry.planned()) == {"Make a self-signed certificate for mail.sandbox.test", "Restart stunnel",
+                                  "Reload dovecot"}
     pyinfra(host, data=QUIET)
     new = host_certificate(host)
     assert new != old

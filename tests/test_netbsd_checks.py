@@ -66,8 +66,8 @@ def test_after_a_deploy_the_host_side_checks_are_ok_and_speak_netbsd(deployed):
     results = {r.name: (r.status, r.reason) for r in checks.run_checks(target, host_side_checks())}
     assert set(results) == HOST_SIDE
     assert all(status == checks.OK for status, _ in results.values()), results
-    assert results["services_up"][1] == ("all up: qmail-send pid 100, unbound pid 101, qmail-smtpd pid 102, "
-                                         "stunnel pid 103, qmail-ofmipd pid 104")
+    assert results["services_up"][1] == ("all up: dovecot pid 100, qmail-send pid 101, unbound pid 102, "
+                                         "qmail-smtpd pid 103, stunnel pid 104, qmail-ofmipd pid 105")
     assert results["blocklists_answer"][1] == "zen.spamhaus.org answer their test points through the host's resolver"
     for command in host.sent:
         for linux in LINUX_ONLY:

@@ -130,7 +130,7 @@ def test_bare_host_in_ofmipd_mode(bare_plan):
     assert_netbsd_only(plan)
     # spamdyke is not a binary package: pkgsrc builds it with tls (tests/test_netbsd_tls_plans.py).
     assert commands[0] == ("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install "
-                           "qmail-run stunnel checkpassword ucspi-tcp unbound")
+                           "qmail-run stunnel checkpassword ucspi-tcp unbound dovecot")
     # Each option is in /etc/mk.conf before its package is built, and the build cleans up after itself.
     for package, option in (("mess822", "sasl"), ("spamdyke", "tls")):
         assert index(commands, f"PKG_OPTIONS.{package}+=\t{option}") \
@@ -339,7 +339,7 @@ def test_a_pair_made_anew_on_the_host_is_served_by_stunnel():
     host.cert = {**host.cert, "sha256": "made by hand"}  # e.g. openssl run by hand, or a restore
     host.files["/usr/pkg/etc/qmailhost/tls/cert.pem"]["sha256"] = "made by hand"
     plan = plan_deploy(data(), host.answer)
-    assert [name for name, _ in plan] == ["Run stunnel (restart on change)"]
+    assert [name for name, _ in plan] == ["Run stunnel (restart on change)", "Reload dovecot"]
     host.apply(plan)
     assert plan_deploy(data(), host.answer) == []
 
@@ -349,7 +349,7 @@ def test_a_self_signed_pair_near_expiry_is_renewed_and_served():
     host.cert = {**host.cert, "renew": True}
     plan = plan_deploy(data(), host.answer)
     assert [name for name, _ in plan] == ["Make a self-signed certificate for mail.example.org",
-                                          "Run stunnel (restart on change)"]
+                                          "Run stunnel (restart on change)", "Reload dovecot"]
     commands = commands_of(plan)
     assert index(commands, "openssl req -x509") < index(commands, "/etc/rc.d/stunnel restart")
     host.apply(plan)

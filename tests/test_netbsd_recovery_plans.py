@@ -40,6 +40,7 @@ MESSAGES = {  # path -> (content, mtime in ns)
     f"{ARCHIVE}/alice/1699999999.12345.msg": (b"Subject: archived\n\nby TMDA\n", 1_699_999_999_000_000_000),
 }
 IN_DELIVERY = f"{MAILDIR}/tmp/1700000009.M9P9.mail.example.org"
+TLS_CHANGED = ("Restart stunnel (the TLS pair changed)", "Reload dovecot (the TLS pair changed)")  # _if: pair restored
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +80,7 @@ def plan(host: NetBSDHost, deploy: Path, settings: dict) -> list[tuple[str, list
     """backup.py or restore.py planned on HOST, the CLI way, with recovery's Remote answered by
     the model; python.call and restore_files plan FunctionCommands (run on the laptop), kept
     as they are. Like pyinfra (which evaluates _if only while executing), the stunnel restart
-    runs only when the TLS pair's operations change something."""
+    and the Dovecot reload run only when the TLS pair's operations change something."""
     parse = plan_harness.parse_commands
 
     def parse_keeping_calls(commands):
@@ -91,7 +92,7 @@ def plan(host: NetBSDHost, deploy: Path, settings: dict) -> list[tuple[str, list
     names = {name for name, _ in planned}
     tls_changed = bool(names & {"Restore the TLS certificate", "Restore the TLS key"})
     return [(name, commands) for name, commands in planned
-            if name != "Restart stunnel (the TLS pair changed)" or tls_changed]
+            if name not in TLS_CHANGED or tls_changed]
 
 
 def execute(host: NetBSDHost, planned: list[tuple[str, list]]) -> list[str]:
@@ -214,7 +215,8 @@ def test_restore_onto_a_freshly_deployed_host(tmp_path):
     assert [(what, script) for what, script, _ in new.sent] == [("listing what the host already has", HOST_VIEW)]
     assert [name for name, _ in planned] == [
         "Restore missing messages and files", "Restore the password hashes", "Restore the TLS certificate",
-        "Restore the TLS key", "Restart stunnel (the TLS pair changed)", "Requeue the pending messages"]
+        "Restore the TLS key", "Restart stunnel (the TLS pair changed)", "Reload dovecot (the TLS pair changed)",
+        "Requeue the pending messages"]
     commands = dict(planned)
     assert [c.function for c in commands["Restore missing messages and files"]] == [recovery.send_files]
     hashes_file = "/root/.qmailhost-chpasswd-restore"
@@ -231,6 +233,12 @@ def test_restore_onto_a_freshly_deployed_host(tmp_path):
     assert commands["Restart stunnel (the TLS pair changed)"] == [
         "if /etc/rc.d/stunnel onestatus >/dev/null 2>&1; then /etc/rc.d/stunnel restart; fi",
         # stunnel's stamp holds the certificate it was started with, measured again
+        f"s={stamp}; if [ -f $s ]; then echo \"$(cut -d' ' -f1 $s) $(openssl dgst -sha256 -r < {TLS}/cert.pem "
+        "| cut -c1-64)\" > $s.new && mv -f $s.new $s; fi"]
+    stamp = "/var/lib/qmailhost/stamps/service-dovecot-h"
+    assert commands["Reload dovecot (the TLS pair changed)"] == [
+        "if /etc/rc.d/dovecot onestatus >/dev/null 2>&1; then /etc/rc.d/dovecot reload; fi",
+        # Dovecot's reload stamp holds the certificate it re-read, measured again
         f"s={stamp}; if [ -f $s ]; then echo \"$(cut -d' ' -f1 $s) $(openssl dgst -sha256 -r < {TLS}/cert.pem "
         "| cut -c1-64)\" > $s.new && mv -f $s.new $s; fi"]
     requeued = commands["Requeue the pending messages"]

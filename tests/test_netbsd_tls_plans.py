@@ -164,13 +164,15 @@ def test_the_group_exists_before_the_key_is_given_to_it_and_before_port_25_start
     assert (host.tree[KEY]["mode"], host.tree[KEY]["group"]) == ("640", "qmailtls")
 
 
-def test_the_modern_policy_reaches_spamdyke_and_stunnel_and_restarts_only_stunnel():
+def test_the_modern_policy_reaches_spamdyke_and_stunnel_and_restarts_only_stunnel_and_dovecot():
     host = converged()
     plan = plan_deploy(data(tls_policy="modern"), host.answer)
     assert "MinProtocol = TLSv1.3\n" in uploaded(plan, "/usr/pkg/etc/qmailhost/tls/openssl-policy.cnf")
     assert "sslVersionMin = TLSv1.3\n" in uploaded(plan, "/usr/pkg/etc/stunnel/stunnel.conf")
     restarted = [c for c in commands_of(plan) if c.endswith(" restart")]
-    assert restarted == ["/etc/rc.d/stunnel restart"], "spamdyke reads the policy per connection"
+    # (Dovecot's own config carries the policy: tests/test_netbsd_imap_plans.py)
+    assert restarted == ["/etc/rc.d/stunnel restart", "/etc/rc.d/dovecot restart"], \
+        "spamdyke reads the policy per connection"
     host.apply(plan)
     assert plan_deploy(data(tls_policy="modern"), host.answer) == []
 

@@ -126,8 +126,8 @@ def predicted_and_real(host: sandbox.Host, data: dict) -> tuple[list[str], list[
 def test_modern_policy_refuses_tls_1_2_everywhere_and_rolls_back(tlshost):
     planned, changed, restarted = predicted_and_real(tlshost, {"tls_policy": "modern"})
     assert planned == changed == sorted(["Write the TLS policy for OpenSSL (spamdyke)", "Write stunnel's config",
-                                         "Restart stunnel"])  # spamdyke's cipher list is the same
-    assert restarted == {"stunnel"}  # spamdyke reads its config and the policy per connection
+                                         "Restart stunnel", "Write Dovecot's config", "Restart dovecot"])
+    assert restarted == {"stunnel", "dovecot"}  # spamdyke reads its config and the policy per connection
     for port in PORTS:
         assert tls_session(tlshost, port, tls_context())[0] == "TLSv1.3"
         with pytest.raises((ssl.SSLError, ConnectionError, smtplib.SMTPException)):
@@ -158,5 +158,5 @@ def test_the_status_checks_judge_the_policy_on_every_port(tlshost):
     table = dict(re.findall(r"^\s+(\w+)\s+((?:ok|warning|error|skipped)\s+.*)$", pyinfra(tlshost, deploy="verify.py").output,
                             re.MULTILINE))
     assert table["tls_policy"].startswith("ok") and all(f"{port} TLSv1.3" in table["tls_policy"] for port in PORTS)
-    assert table["one_certificate"] == "ok       the same certificate on 25, 587, 465"
+    assert table["one_certificate"] == "ok       the same certificate on 993, 143, 25, 587, 465"
     assert table["smtp_offers_starttls"].startswith("ok")

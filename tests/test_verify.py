@@ -73,7 +73,7 @@ def test_a_healthy_host_passes_every_check_and_dns_says_why_it_is_skipped(deploy
             assert (status, reason) == ("skipped", "no dns_blacklists in spamdyke_filters")
         else:
             assert status == "ok", (name, reason)
-    assert "21 checks: 16 ok, 0 warning, 0 error, 5 skipped" in healthy.output
+    assert "23 checks: 18 ok, 0 warning, 0 error, 5 skipped" in healthy.output
     assert sandbox.sandbox_password() not in healthy.output
 
 

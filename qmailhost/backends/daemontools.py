@@ -66,10 +66,12 @@ def declare(platform: Platform, service: Service) -> None:
     enable(name=f"Enable service {name}", link=link, directory=directory, service=name)
     # A run script that differs on the host (edited by hand, an old one) may be what runs now.
     rewritten = service.rewritten or ops.differs(f"{directory}/run", service.run)
-    _signal(name, link, [service.run, *service.reads_at_start], rewritten=rewritten, measured=service.measured)
+    # A reload first, a restart after: a HUP right after a restart could reach a process that
+    # has not set up its handlers yet (Dovecot's master dies of it), a restart after a HUP cannot.
     if service.reload_on:
         _signal(name, link, list(service.reload_on), signal="h", why="Reload", rewritten=service.reload_rewritten,
                 measured=service.reload_measured)
+    _signal(name, link, [service.run, *service.reads_at_start], rewritten=rewritten, measured=service.measured)
     if service.replaces:
         replaced, _why = service.replaces
         unlinked(name=f"Stop and unlink {replaced}", link=f"{platform.service_dir}/{replaced}")
@@ -137,6 +139,16 @@ def restart_stamp(name: str) -> str:
 def restart_command(platform: Platform, name: str) -> str:
     """The command restarting service NAME now, if it runs (for restore.py)."""
     return _svc(f"{platform.service_dir}/{name}", "t")
+
+
+def reload_stamp(name: str) -> str:
+    """The stamp that records what service NAME was last reloaded (HUP) with."""
+    return f"service-{name}-h"
+
+
+def reload_command(platform: Platform, name: str) -> str:
+    """The command reloading (HUP) service NAME now, if it runs (for restore.py)."""
+    return _svc(f"{platform.service_dir}/{name}", "h")
 
 
 # --- for the status checks (read-only) ----------------------------------------------------

@@ -101,14 +101,14 @@ def declare(platform: Platform, service: Service) -> None:
     path = f"{platform.rc_conf_d}/{name}"
     rewritten = service.rewritten or ops.differs(path, config)  # decided before the file is written
     ops.whole_file(name=f"Configure {name} ({path})", dest=path, content=config)
-    running(name=f"Run {name} (restart on change)", service=name, inputs="\n".join([config, *service.reads_at_start]),
-            rcd_dir=platform.rcd_dir, rewritten=rewritten, measured=service.measured)
-    if service.reload_on:
+    if service.reload_on:  # before a restart, as on daemontools: a signal never meets a process starting up
         status = f"{platform.rcd_dir}/{name} onestatus >/dev/null 2>&1"
         ops.stamped(name=f"Reload {name}", stamp=f"service-{name}-h", inputs="\n".join(service.reload_on),
                     commands=[f"if {status}; then {platform.rcd_dir}/{name} reload; fi"],
                     description=f"reload {name}", rewritten=service.reload_rewritten,
                     measured=service.reload_measured)
+    running(name=f"Run {name} (restart on change)", service=name, inputs="\n".join([config, *service.reads_at_start]),
+            rcd_dir=platform.rcd_dir, rewritten=rewritten, measured=service.measured)
     if service.replaces:
         replaced, why = service.replaces
         disabled(platform, rcd_name(replaced), why)
@@ -169,6 +169,17 @@ def restart_command(platform: Platform, name: str) -> str:
     """The command restarting service NAME now, if it runs (for restore.py)."""
     script = f"{platform.rcd_dir}/{rcd_name(name)}"
     return f"if {script} onestatus >/dev/null 2>&1; then {script} restart; fi"
+
+
+def reload_stamp(name: str) -> str:
+    """The stamp that records what service NAME was last reloaded with."""
+    return f"service-{rcd_name(name)}-h"
+
+
+def reload_command(platform: Platform, name: str) -> str:
+    """The command reloading service NAME now, if it runs (for restore.py), as declare() does."""
+    script = f"{platform.rcd_dir}/{rcd_name(name)}"
+    return f"if {script} onestatus >/dev/null 2>&1; then {script} reload; fi"
 
 
 # --- for the status checks (read-only) ----------------------------------------------------

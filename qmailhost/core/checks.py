@@ -260,15 +260,22 @@ def check_services_up(target: Target):
 
 
 def check_public_ports_answer(target: Target):
-    """Every public service answers with an SMTP greeting."""
+    """Every public service answers with its protocol's greeting (SMTP: to EHLO; IMAP: "* OK",
+    which imaplib reads, after TLS when TLS comes first)."""
     answers = []
     for listener in target.listeners:
-        if listener.public and listener.port:
+        if not (listener.public and listener.port):
+            continue
+        if listener.protocol == "smtp":
             with target.smtp(listener.port) as client:
                 code, _ = client.ehlo()
             if code != 250:
                 return ERROR, f"port {listener.port} ({listener.role}) answered EHLO with {code}"
-            answers.append(str(listener.port))
+        else:
+            port = TlsPort(listener.port, listener.role, starttls=not listener.implicit_tls, protocol=listener.protocol)
+            with target.tls_session(port, tls_context()):
+                pass  # the client has read the greeting (and, for STARTTLS, the capabilities)
+        answers.append(str(listener.port))
     return OK, f"ports {', '.join(answers)} answer"
 
 

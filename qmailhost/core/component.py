@@ -51,13 +51,16 @@ class Probe:
 @dataclass(frozen=True)
 class Listener:
     """A service as the status checks see it: its daemontools name, its rc.d name, what it
-    is for, its port (None: none) and whether the Internet may reach it."""
+    is for, its port (None: none) and whether the Internet may reach it; what it greets
+    with (PROTOCOL: "smtp" or "imap") and whether TLS comes first (IMPLICIT_TLS)."""
 
     name: str
     rcd_name: str
     role: str
     port: int | None
     public: bool
+    protocol: str = "smtp"
+    implicit_tls: bool = False
 
 
 @dataclass(frozen=True)

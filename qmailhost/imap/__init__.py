@@ -149,7 +149,7 @@ def check_imap_login(target):
             try:
                 client.login(account.name, account.password)
             except imaplib.IMAP4.error as error:
-                return ERROR, f"{account.name} cannot log in on {tls_port.port}: {one_line(str(error))}"
+                return ERROR, f"{account.name} cannot log in on {tls_port.port}: {_reply(error)}"
             status, data = client.select("INBOX", readonly=True)
             if status != "OK":
                 return ERROR, f"{account.name} logged in on {tls_port.port} but INBOX does not open: {data!r}"
@@ -175,7 +175,7 @@ def check_imap_no_cleartext_login(target):
         try:
             client.login("qmailhost-verify", "not-a-password")  # no account: nothing can be exposed
         except imaplib.IMAP4.error as error:
-            refusal = one_line(str(error))
+            refusal = _reply(error)
         else:
             return ERROR, f"port {imap_port} took LOGIN in cleartext"
     finally:
@@ -184,7 +184,13 @@ def check_imap_no_cleartext_login(target):
         return ERROR, f"port {imap_port} does not say LOGINDISABLED before STARTTLS"
     if "STARTTLS" not in offered:
         return ERROR, f"port {imap_port} offers no STARTTLS"
-    return OK, f"LOGINDISABLED before STARTTLS, LOGIN refused ({refusal[:60]})"
+    return OK, f"LOGINDISABLED before STARTTLS, LOGIN refused ({refusal})"
+
+
+def _reply(error: imaplib.IMAP4.error) -> str:
+    """The server's words in an imaplib error (it carries them as bytes)."""
+    said = error.args[0] if error.args else ""
+    return one_line(said.decode(errors="replace") if isinstance(said, bytes) else str(said))
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -199,7 +205,8 @@ COMPONENT = Component(
         Setting("pop3s_port", None, optional_port("pop3s_port"),
                 "Dovecot, POP3 with implicit TLS; `null` (the default) leaves POP3 off", port=True),
     ),
-    listeners=lambda settings: (Listener("dovecot", "dovecot", "IMAP", settings.imaps_port, public=True),),
+    listeners=lambda settings: (Listener("dovecot", "dovecot", "IMAP", settings.imaps_port, public=True,
+                                         protocol="imap", implicit_tls=True),),
     tls_ports=lambda settings: (
         *_imap_ports(settings),
         *([TlsPort(settings.pop3s_port, "POP3, implicit TLS", starttls=False, protocol="pop3")]

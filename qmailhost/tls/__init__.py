@@ -216,7 +216,8 @@ def _openssl(*args: str) -> str | None:
 
 
 def restore(platform: Platform, settings: Settings, backup) -> None:
-    """The self-signed pair from BACKUP when the host's differs; stunnel restarted only then."""
+    """The self-signed pair from BACKUP when the host's differs; stunnel restarted and Dovecot
+    reloaded only then."""
     cert_path, key_path = paths(platform)
     files = backup.host_files()
     cert, key = files.get(cert_path), files.get(key_path)
@@ -236,6 +237,10 @@ def restore(platform: Platform, settings: Settings, backup) -> None:
     server.shell(name="Restart stunnel (the TLS pair changed)", _if=any_changed(cert_op, key_op),
                  commands=[backend.restart_command(platform, "stunnel"),
                            ops.remeasure_stamp(backend.restart_stamp("stunnel"), measure)])
+    # Dovecot (imap/) re-reads the pair on a reload, and its reload stamp holds the pair's digest too.
+    server.shell(name="Reload dovecot (the TLS pair changed)", _if=any_changed(cert_op, key_op),
+                 commands=[backend.reload_command(platform, "dovecot"),
+                           ops.remeasure_stamp(backend.reload_stamp("dovecot"), measure)])
 
 
 # --- status checks --------------------------------------------------------------------------
