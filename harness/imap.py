@@ -77,7 +77,7 @@ def login_when_up(host: Host, user: str, password: str, timeout: float = 30, por
 def find(client: imaplib.IMAP4, subject: str, mailbox: str = "INBOX") -> bytes:
     """The UID of the one message in MAILBOX whose Subject holds SUBJECT."""
     client.select(mailbox)
-    status, data = client.uid("SEARCH", "HEADER", "Subject", subject)
+    status, data = client.uid("SEARCH", "HEADER", "Subject", '"' + subject.replace('"', "") + '"')
     uids = data[0].split() if status == "OK" else []
     assert len(uids) == 1, f"{len(uids)} messages with {subject!r} in {mailbox}: {data!r}"
     return uids[0]
@@ -135,3 +135,19 @@ def _address_as(name: str | None, address: str):
     finally:
         socket.getaddrinfo = original
 
+
+
+def flags_by_subject(client: imaplib.IMAP4, mailbox: str = "INBOX") -> dict[str, frozenset[str]]:
+    """{Subject: its flags} of every message in MAILBOX (opened read-only; \\Recent left out:
+    it is the session's, not the message's)."""
+    client.select(mailbox, readonly=True)
+    status, data = client.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert status == "OK", data
+    found = {}
+    for item in data:
+        if not isinstance(item, tuple):
+            continue
+        subject = message_from_bytes(item[1])["Subject"]
+        flags = set(re.search(rb"FLAGS \(([^)]*)\)", item[0])[1].decode().split()) - {"\\Recent"}
+        found[subject] = frozenset(flags)
+    return found

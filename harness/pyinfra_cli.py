@@ -56,13 +56,15 @@ class Run:
 
 
 def pyinfra(host: sandbox.Host, *args: str, deploy: str = "deploy.py", data: dict | None = None,
-            json_output: bool = True, check: bool = True, timeout: float = 1200, env: dict | None = None) -> Run:
-    """`pyinfra [-y] [--json] ARGS... inventory/sandbox.py DEPLOY` against HOST."""
+            json_output: bool = True, check: bool = True, timeout: float = 1200, env: dict | None = None,
+            project: Path = PROJECT) -> Run:
+    """`pyinfra [-y] [--json] ARGS... inventory/sandbox.py DEPLOY` against HOST, run in PROJECT
+    (another checkout of qmailhost, for a benchmark of an earlier revision)."""
     confirm = [] if "--dry" in args else ["-y"]  # -y would skip the change detection a dry run reports
     argv = [PYINFRA, *confirm, *(["--json"] if json_output else []), *args, "inventory/sandbox.py", deploy]
     environ = {**os.environ, "QMAILHOST_SANDBOX_HOST": host.name, **(env or {})}
     environ["QMAILHOST_SANDBOX_DATA"] = json.dumps(data or {})
-    result = subprocess.run(argv, cwd=PROJECT, env=environ, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(argv, cwd=project, env=environ, capture_output=True, text=True, timeout=timeout)
     run = Run(result.returncode, result.stdout, result.stderr, argv)
     if check and result.returncode != 0:
         raise AssertionError(f"pyinfra exited {result.returncode}:\n{run.output[-4000:]}")

@@ -192,8 +192,9 @@ def test_pop3_is_a_setting_off_by_default(imaphost, two_messages):
 
 
 def test_a_hand_edit_allowing_cleartext_passwords_is_shown_then_repaired(imaphost):
-    imaphost.ssh(f"sed -i 's/^auth_allow_cleartext = no/auth_allow_cleartext = yes/' {CONFIG} && "
-                 "svc -t /etc/service/dovecot && sleep 1")
+    # Both lines: Dovecot itself refuses cleartext passwords beside "ssl = required".
+    imaphost.ssh(f"sed -i -e 's/^auth_allow_cleartext = no/auth_allow_cleartext = yes/' "
+                 f"-e 's/^ssl = required/ssl = yes/' {CONFIG} && svc -t /etc/service/dovecot && sleep 1")
     deadline = time.monotonic() + 20
     while True:  # the breakage is real: a password crosses in cleartext from outside
         try:

@@ -4,13 +4,14 @@ through STARTTLS and AUTH into a Maildir."""
 
 from __future__ import annotations
 
+import imaplib
 import smtplib
 import socket
 import ssl
 
 import pytest
 
-from harness import sandbox
+from harness import imap, sandbox
 from harness.mail import message, submit, submit_when_up, tls_context, wait_for_delivery
 from harness.pyinfra_cli import pyinfra
 
@@ -198,4 +199,17 @@ def test_debian_12_mail_flows(make_host, sources):
     msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
     submit_when_up(host, USER, password(), msg)
     wait_for_delivery(host, USER, msg["Subject"])
+    # Dovecot 2.3's configuration language: imaplib reads the message on 993 and after STARTTLS on 143,
+    # where LOGIN before it is refused from outside.
+    assert host.ssh("dovecot --version").stdout.startswith("2.3.")
+    for port in (993, 143):
+        imap.login_when_up(host, USER, password(), port=port)
+        with imap.session(host, USER, password(), port) as client:
+            assert imap.fetch(client, imap.find(client, msg["Subject"]))["Subject"] == msg["Subject"]
+    client = imaplib.IMAP4(host.address, 143, timeout=30)
+    try:
+        with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+            client.login(USER, password())
+    finally:
+        client.shutdown()
     assert pyinfra(host).changed() == []

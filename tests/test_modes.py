@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from harness import sandbox
+from harness import imap, sandbox
 from harness.mail import message, submit, submit_when_up, swaks, tls_context, wait_for_delivery
 from harness.pyinfra_cli import pyinfra
 
@@ -225,6 +225,9 @@ def test_round_trip_ofmipd_spamdyke_ofmipd_loses_nothing(tmda_era_host):
     finally:
         client.stop()
         implicit.stop()
+    # Reading mail is not submission's business: switch() saw only qmail-ofmipd restart, and IMAP works.
+    with imap.session(host, "alice", sandbox.sandbox_password()) as reader:
+        assert reader.select("INBOX", readonly=True)[0] == "OK"
     delivered = host.ssh("sleep 5; cat /home/alice/Maildir/new/* | grep '^Subject: continuous'").stdout
     for submitter in (client, implicit):
         accepted = submitter.accepted

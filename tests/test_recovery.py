@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import sandbox
+from harness import imap, sandbox
 from harness.mail import submit, tls_context, wait_for_delivery
 from harness.pyinfra_cli import host_listing, pyinfra
 from qmailhost.core.recovery import backups_in, read_manifest
@@ -135,6 +135,22 @@ def _mail_listing(host: sandbox.Host) -> dict[str, str]:
     return listing
 
 
+def _mark_over_imap(host: sandbox.Host, data: dict) -> dict[str, dict[str, frozenset[str]]]:
+    """As a mail client would: some messages read, flagged or answered over IMAP (Dovecot renames
+    their files into cur/ with :2, suffixes). Returns {user: {Subject: flags}} as IMAP lists them."""
+    marks = [r"(\Seen)", r"(\Seen \Flagged)", r"(\Answered)"]
+    listed = {}
+    for user in USERS:
+        with imap.session(host, user, _password(data, user)) as client:
+            client.select("INBOX")
+            _, found = client.uid("SEARCH", "ALL")
+            for uid, mark in zip(found[0].split(), marks, strict=False):
+                client.uid("STORE", uid, "+FLAGS", mark)
+            listed[user] = imap.flags_by_subject(client)
+        assert any(r"\Flagged" in flags for flags in listed[user].values()), listed[user]
+    return listed
+
+
 def _deploy(host: sandbox.Host, data: dict):
     """The deploy, then wait for svscan to start the services (it rescans every 5 s)."""
     run = pyinfra(host, data=data)
@@ -233,6 +249,7 @@ def test_disaster_recovery_drill(make_host, sources, tmp_path):
     for user, count in sent.items():
         _wait_for_count(old, user, count)
     old.ssh(_UNUSUAL)
+    flags_before = _mark_over_imap(old, data)
     pending = f"pending {uuid.uuid4().hex}"
     _queue_a_pending_message(old, pending)
     mail_before, certificate = _mail_listing(old), _certificate_sha256(old)
@@ -248,6 +265,10 @@ def test_disaster_recovery_drill(make_host, sources, tmp_path):
     for record in files:
         assert (backup / record.stored).stat().st_ino == (earlier / record.stored).stat().st_ino, record.path
     assert [r.kind for r in records].count("message") == 1
+    # Dovecot's indexes and caches (it rebuilds them) stay behind; its UID list travels with the Maildir.
+    assert "dovecot.index" in old.ssh("find /home/alice/.dovecot-index -type f").stdout
+    assert not [r.path for r in records if "dovecot.index" in r.path or "/.dovecot-index" in r.path]
+    assert "/home/alice/Maildir/dovecot-uidlist" in {r.path for r in files}
     _assert_private(backup)
     _assert_no_secrets(first.output + second.output, backup)
     backed_up_hashes = hashlib.sha256((backup / "shadow").read_bytes()).hexdigest()
@@ -291,6 +312,11 @@ def test_disaster_recovery_drill(make_host, sources, tmp_path):
     queue = new.ssh("/var/qmail/bin/qmail-qread; grep -rl 'Subject: " + pending + "' /var/qmail/queue/mess").stdout
     assert "someone@unreachable.example.net" in queue and "/var/qmail/queue/mess/" in queue
     _send(new, data, "bob", "alice")
+    # An IMAP client sees the same messages with the same flags.
+    for user, flags in flags_before.items():
+        with imap.session(new, user, _password(data, user)) as client:
+            after = imap.flags_by_subject(client)
+        assert {subject: after.get(subject) for subject in flags} == flags, user
 
     # Converged: a second deploy and a second restore change nothing.
     assert pyinfra(new, data=data).changed() == []

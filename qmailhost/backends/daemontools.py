@@ -61,17 +61,20 @@ def declare(platform: Platform, service: Service) -> None:
     ops.whole_file(name=f"Write the run script of {name}", dest=f"{directory}/run", mode="755",
                    content=service.run)
     link = f"{platform.service_dir}/{name}"
-    if (ops.managed_path(link) or {}).get("target") != directory:
+    fresh = (ops.managed_path(link) or {}).get("target") != directory
+    if fresh:
         _NEW_LINKS.setdefault(host.name, []).append(link)  # decided now: operations may run later
     enable(name=f"Enable service {name}", link=link, directory=directory, service=name)
     # A run script that differs on the host (edited by hand, an old one) may be what runs now.
     rewritten = service.rewritten or ops.differs(f"{directory}/run", service.run)
-    # A reload first, a restart after: a HUP right after a restart could reach a process that
-    # has not set up its handlers yet (Dovecot's master dies of it), a restart after a HUP cannot.
+    # A service linked by this run starts from what this run wrote: its stamps are recorded, and
+    # no signal is sent (svscan may be starting it that moment, and a process that has not set up
+    # its handlers yet dies of a HUP: Dovecot's master does). Else a reload first, a restart after.
     if service.reload_on:
         _signal(name, link, list(service.reload_on), signal="h", why="Reload", rewritten=service.reload_rewritten,
-                measured=service.reload_measured)
-    _signal(name, link, [service.run, *service.reads_at_start], rewritten=rewritten, measured=service.measured)
+                measured=service.reload_measured, send=not fresh)
+    _signal(name, link, [service.run, *service.reads_at_start], rewritten=rewritten, measured=service.measured,
+            send=not fresh)
     if service.replaces:
         replaced, _why = service.replaces
         unlinked(name=f"Stop and unlink {replaced}", link=f"{platform.service_dir}/{replaced}")
@@ -119,10 +122,11 @@ def wait_until_supervised(links: list[str], seconds: int = 20):
 
 
 def _signal(name: str, link: str, inputs: list[str], signal: str = "t", why: str = "Restart",
-            rewritten: bool = False, measured=None) -> None:
+            rewritten: bool = False, measured=None, send: bool = True) -> None:
     ops.stamped(
         name=f"{why} {name}", stamp=f"service-{name}-{signal}", inputs="\n".join(inputs),
-        commands=[_svc(link, signal)], description=f"{why.lower()} {name}", rewritten=rewritten, measured=measured,
+        commands=[_svc(link, signal)] if send else [], description=f"{why.lower()} {name}", rewritten=rewritten,
+        measured=measured,
     )
 
 

@@ -92,7 +92,7 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair) -> None:
     ops.whole_file(name="Write Dovecot's config", dest=paths.config, content=config)
     services.declare(platform, services.Service(
         name="dovecot", description="IMAP over the accounts' Maildirs",
-        run=render("imap/dovecot.run", program=paths.program, config=paths.config, pop3s_port=settings.pop3s_port),
+        run=render("imap/dovecot.run", program=paths.program, config=paths.config),
         rcd=services.Rcd("dovecot"),
         reads_at_start=(config,), rewritten=rewritten,
         reload_on=(pair.fingerprint,), reload_rewritten=pair.rewritten, reload_measured=pair.measured,
