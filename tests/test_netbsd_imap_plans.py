@@ -90,7 +90,8 @@ def test_a_bare_host_gets_dovecots_23_config_logging_to_syslog(bare):
     assert "log_path" not in config, "NetBSD: Dovecot's default, syslog"
     assert "\nmail_location = maildir:~/Maildir:INDEX=~/.dovecot-index\n" in config
     assert "\ndisable_plaintext_auth = yes\n" in config
-    assert "\npassdb {\n  driver = pam\n}\n" in config and "\nuserdb {\n  driver = passwd\n}\n" in config
+    # PAM through the base system's /etc/pam.d/imap and pop3: the service is the protocol
+    assert "\npassdb {\n  driver = pam\n  args = %s\n}\n" in config and "\nuserdb {\n  driver = passwd\n}\n" in config
     assert "\nssl = required\n" in config
     assert tls.paths(platforms.netbsd("10")) == (CERT, KEY)
     assert f"\nssl_cert = <{CERT}\nssl_key = <{KEY}\n" in config

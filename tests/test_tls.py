@@ -1,6 +1,7 @@
 """TLS on every port, end to end and judged from outside: STARTTLS on 25 (spamdyke, for
 any sender that asks; plaintext still taken), implicit TLS on 465 and STARTTLS on 587
-(stunnel), one policy on all of them as testssl.sh sees it (against a stored baseline),
+(stunnel), one policy on all of them and on IMAP's 993 and 143 as testssl.sh sees it
+(against a stored baseline; 25 in every run, the others in the slow sweep),
 the "modern" policy and 465's switch applied and rolled back with exact dry runs, and a
 key only root and the TLS group can read."""
 
@@ -81,12 +82,19 @@ def test_every_port_serves_tls_1_3_and_the_intermediate_suites_only(tlshost, por
             tls_session(tlshost, port, refused)
 
 
-@pytest.mark.parametrize("port", sorted(PORTS))
-def test_testssl_finds_nothing_wrong_and_nothing_worse_than_the_baseline(tlshost, port):
+# Port 25's STARTTLS scan in every run; the other ports' (a minute each) in the slow sweep.
+# Their policy is checked in every run all the same, by the tests here and in test_imap.py.
+SCANS = [pytest.param(25, "smtp", id="25"),
+         *(pytest.param(port, starttls, id=str(port), marks=pytest.mark.slow)
+           for port, starttls in ((465, None), (587, "smtp"), (993, None), (143, "imap")))]
+
+
+@pytest.mark.parametrize(("port", "starttls"), SCANS)
+def test_testssl_finds_nothing_wrong_and_nothing_worse_than_the_baseline(tlshost, port, starttls):
     reason = testssl.available()
     if reason:
         pytest.skip(reason)
-    findings = testssl.scan(tlshost.address, port, starttls=PORTS[port])
+    findings = testssl.scan(tlshost.address, port, starttls=starttls)
     assert testssl.problems(findings) == []
     assert testssl.check_against_baseline(BASELINES / f"testssl-{port}.json", testssl.summary(findings)) == []
 

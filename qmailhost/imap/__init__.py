@@ -53,17 +53,19 @@ class Paths:
     pop3_packages: tuple[str, ...]  # added when pop3s_port is set
     languages: dict[str, str]  # release -> the configuration language its Dovecot speaks
     log_path: str | None  # None: Dovecot's default (syslog)
+    pam_service: str | None  # the PAM service Dovecot asks (2.3's passdb args); None: "dovecot"
     units: tuple[str, ...] = ()  # the package's own systemd units, which would hold 143 and 993 too
 
 
 PATHS = {
     # Its own config path (dovecot -F -c), not the package's conffile /etc/dovecot/dovecot.conf.
     "debian": Paths("/usr/sbin/dovecot", "/etc/qmailhost/dovecot.conf", ("dovecot-imapd",), ("dovecot-pop3d",),
-                    {"12": "2.3", "13": "2.4"}, "/dev/stderr", units=("dovecot.service", "dovecot.socket")),
+                    {"12": "2.3", "13": "2.4"}, "/dev/stderr", None, units=("dovecot.service", "dovecot.socket")),
     # pkgsrc's rc.d script requires this path; the one package carries IMAP and POP3. Its
-    # mail/dovecot2 was 2.3.x where read (see the README).
+    # mail/dovecot2 was 2.3.x where read (see the README). PAM: the base system's own
+    # /etc/pam.d/imap and /etc/pam.d/pop3, named by the protocol ("%s").
     "netbsd": Paths("/usr/pkg/sbin/dovecot", "/usr/pkg/etc/dovecot/dovecot.conf", ("dovecot",), (),
-                    {"9": "2.3", "10": "2.3"}, None),
+                    {"9": "2.3", "10": "2.3"}, None, "%s"),
 }
 
 
@@ -87,7 +89,7 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair) -> None:
     cert, key = tls.paths(platform)
     config = render(f"imap/dovecot-{spoken}.conf", language=spoken, policy=tls.policy(settings), cert=cert, key=key,
                     imap_port=settings.imap_port, imaps_port=settings.imaps_port, pop3s_port=settings.pop3s_port,
-                    index_dir=INDEX_DIR, log_path=paths.log_path)
+                    index_dir=INDEX_DIR, log_path=paths.log_path, pam_service=paths.pam_service)
     rewritten = ops.differs(paths.config, config)
     ops.whole_file(name="Write Dovecot's config", dest=paths.config, content=config)
     services.declare(platform, services.Service(
