@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.run import QUIET, machine, mail_flows
+from bench.run import QUIET, machine, mail_flows, update_readme
 from harness import imap, sandbox
 from harness.pyinfra_cli import PROJECT, pyinfra
 
@@ -83,12 +83,7 @@ def main() -> None:
     text = table(results)
     print(text)
     if options.readme:
-        readme = PROJECT / "README.md"
-        content = readme.read_text()
-        start, end = "<!-- bench-imap:start -->", "<!-- bench-imap:end -->"
-        if start in content:
-            head, rest = content.split(start, 1)
-            readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+        update_readme(text, "bench-imap")
 
 
 if __name__ == "__main__":

@@ -185,10 +185,11 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(text: str) -> None:
+def update_readme(text: str, marker: str = "bench") -> None:
+    """TEXT between the README's <!-- MARKER:start --> and <!-- MARKER:end --> lines."""
     readme = PROJECT / "README.md"
     content = readme.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start in content:
         before, rest = content.split(start, 1)
         content = before + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]

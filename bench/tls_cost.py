@@ -16,7 +16,7 @@ import smtplib
 import threading
 import time
 
-from bench.run import machine
+from bench.run import machine, update_readme
 from harness import sandbox
 from harness.dns_server import DnsServer
 from harness.mail import message, tls_context
@@ -141,12 +141,7 @@ def main() -> None:
     text = table(results)
     print(text)
     if options.readme:
-        readme = PROJECT / "README.md"
-        content = readme.read_text()
-        start, end = "<!-- bench-tls:start -->", "<!-- bench-tls:end -->"
-        if start in content:
-            before, rest = content.split(start, 1)
-            readme.write_text(before + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+        update_readme(text, "bench-tls")
 
 
 if __name__ == "__main__":

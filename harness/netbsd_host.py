@@ -23,8 +23,9 @@ import secrets
 import shlex
 import tarfile
 from dataclasses import dataclass, field
+from unittest import mock
 
-from harness.plan_harness import DEFAULT
+from harness.plan_harness import DEFAULT, plan_deploy
 
 PACKAGE_RC_SCRIPTS = {"qmail-run": ("qmailsend", "qmailsmtpd", "qmailofmipd", "qmailpop3d", "qmailqread"),
                       "stunnel": ("stunnel",), "tmda": ("tofmipd",), "unbound": ("unbound",),
@@ -41,6 +42,29 @@ STAMPS = "/var/lib/qmailhost/stamps"
 RESTORE_HASHES = "/root/.qmailhost-chpasswd-restore"
 QUEUE = "/var/qmail/queue"
 MTIME_NS = 1_700_000_000_123_456_789  # the mtime of what the model made without saying when
+
+
+PASSWORD_ENV = "QMAILHOST_TEST_PASSWORD"  # the test account's password source (a test sets it)
+
+
+def deploy_data(**settings) -> dict:
+    """Host data for a whole-deploy plan: mail.example.org, account alice, and SETTINGS."""
+    return {"hostname": "mail.example.org", "accounts": [{"name": "alice", "password_env": PASSWORD_ENV}], **settings}
+
+
+def bare_plan(**settings) -> tuple[NetBSDHost, list]:
+    """A bare model host and the whole deploy's plan for it with SETTINGS (the test password set)."""
+    host = NetBSDHost()
+    with mock.patch.dict("os.environ", {PASSWORD_ENV: "correct horse"}):
+        return host, plan_deploy(deploy_data(**settings), host.answer)
+
+
+def converged_host(**settings) -> NetBSDHost:
+    """A model host a bare plan with SETTINGS was applied to; it plans nothing more."""
+    host = NetBSDHost()
+    host.apply(plan_deploy(deploy_data(**settings), host.answer))
+    assert plan_deploy(deploy_data(**settings), host.answer) == []
+    return host
 
 
 def sha256(text: str) -> str:

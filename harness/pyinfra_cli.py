@@ -71,6 +71,16 @@ def pyinfra(host: sandbox.Host, *args: str, deploy: str = "deploy.py", data: dic
     return run
 
 
+def predicted_and_real(host: sandbox.Host, data: dict) -> tuple[list[str], list[str], set[str]]:
+    """A dry run with DATA, then the real run: (operations planned, operations that changed,
+    daemontools services whose pid changed), for "the dry run predicts exactly" checks."""
+    dry = pyinfra(host, "--dry", data=data)
+    pids = host.service_pids()
+    real = pyinfra(host, data=data)
+    restarted = {service.rsplit("/", 1)[1] for service, pid in host.service_pids().items() if pids.get(service) != pid}
+    return sorted(dry.planned()), sorted(real.changed()), restarted
+
+
 def host_listing(host: sandbox.Host, roots: str = "/etc /usr /var /home /root") -> str:
     """A checksummed listing of the host's files (content, mode, owner, mtime) for change checks."""
     command = (

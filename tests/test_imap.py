@@ -22,7 +22,7 @@ import pytest
 
 from harness import imap, sandbox
 from harness.mail import message, submit, tls_context, wait_for_delivery
-from harness.pyinfra_cli import pyinfra
+from harness.pyinfra_cli import predicted_and_real, pyinfra
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 USER, DOMAIN = sandbox.SANDBOX_USER, sandbox.SANDBOX_DOMAIN
@@ -62,12 +62,16 @@ def two_messages(imaphost):
     return {"port 25": inbound["Subject"], "port 587": submitted["Subject"]}
 
 
-def predicted_and_real(host: sandbox.Host, data: dict) -> tuple[list[str], list[str], set[str]]:
-    dry = pyinfra(host, "--dry", data=data)
-    pids = host.service_pids()
-    real = pyinfra(host, data=data)
-    restarted = {service.rsplit("/", 1)[1] for service, pid in host.service_pids().items() if pids.get(service) != pid}
-    return sorted(dry.planned()), sorted(real.changed()), restarted
+def when_up(connect, timeout: float = 30):
+    """CONNECT()'s client, retried while a service just (re)started is not listening yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return connect()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def closed(host: sandbox.Host, port: int) -> bool:
@@ -170,15 +174,7 @@ def test_pop3_is_a_setting_off_by_default(imaphost, two_messages):
     assert restarted == {"dovecot"}
     trusting = ssl.create_default_context(cafile=str(imaphost.cafile))
     trusting.check_hostname = False  # reached by its address: the chain is checked, not the name
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client = poplib.POP3_SSL(imaphost.address, 995, context=trusting, timeout=30)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    client = when_up(lambda: poplib.POP3_SSL(imaphost.address, 995, context=trusting, timeout=30))
     try:
         client.user(USER)
         assert client.pass_(password()).startswith(b"+OK")
@@ -195,15 +191,8 @@ def test_a_hand_edit_allowing_cleartext_passwords_is_shown_then_repaired(imaphos
     # Both lines: Dovecot itself refuses cleartext passwords beside "ssl = required".
     imaphost.ssh(f"sed -i -e 's/^auth_allow_cleartext = no/auth_allow_cleartext = yes/' "
                  f"-e 's/^ssl = required/ssl = yes/' {CONFIG} && svc -t /etc/service/dovecot && sleep 1")
-    deadline = time.monotonic() + 20
-    while True:  # the breakage is real: a password crosses in cleartext from outside
-        try:
-            client = imaplib.IMAP4(imaphost.address, 143, timeout=30)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    # the breakage is real: a password crosses in cleartext from outside
+    client = when_up(lambda: imaplib.IMAP4(imaphost.address, 143, timeout=30))
     try:
         assert client.login(USER, password())[0] == "OK"
     finally:

@@ -10,12 +10,10 @@ Dovecot is restarted when its config changes and reloaded when only the TLS pair
 
 from __future__ import annotations
 
-from unittest import mock
-
 import pytest
 from pyinfra.api.exceptions import OperationError
 
-from harness.netbsd_host import NetBSDHost, sha256
+from harness.netbsd_host import NetBSDHost, bare_plan, converged_host, deploy_data, sha256
 from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
 from qmailhost import imap, tls
 from qmailhost.core import platform as platforms
@@ -35,18 +33,6 @@ def password_env(monkeypatch):
     monkeypatch.setenv("QMAILHOST_TEST_PASSWORD", "correct horse")
 
 
-def data(**settings):
-    return {"hostname": "mail.example.org",
-            "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}], **settings}
-
-
-def converged(**settings) -> NetBSDHost:
-    host = NetBSDHost()
-    host.apply(plan_deploy(data(**settings), host.answer))
-    assert plan_deploy(data(**settings), host.answer) == []
-    return host
-
-
 def restarted(plan) -> list[str]:
     return [c for c in commands_of(plan) if c.endswith(" restart")]
 
@@ -58,10 +44,7 @@ def listener(config: str, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def bare():
-    host = NetBSDHost()
-    with mock.patch.dict("os.environ", {"QMAILHOST_TEST_PASSWORD": "correct horse"}):
-        plan = plan_deploy(data(), host.answer)
-    return host, plan
+    return bare_plan()
 
 
 # --- a bare host: the package, the 2.3 config, the rc.d service
@@ -110,27 +93,27 @@ def test_a_bare_host_applied_runs_dovecot_and_then_plans_nothing(bare):
     assert "dovecot" in host.packages and "dovecot" in host.rc_scripts and "dovecot" in host.running
     assert {"dovecot", "dovenull"} <= set(host.users)
     assert host.contents[CONFIG] == uploaded(plan, CONFIG)
-    assert plan_deploy(data(), host.answer) == []
+    assert plan_deploy(deploy_data(), host.answer) == []
 
 
 # --- the ports: from a converged host, the config rewritten and Dovecot alone restarted
 
 
 def test_imap_port_null_closes_143_and_keeps_993():
-    host = converged()
-    plan = plan_deploy(data(imap_port=None), host.answer)
+    host = converged_host()
+    plan = plan_deploy(deploy_data(imap_port=None), host.answer)
     assert [name for name, _ in plan] == REWRITE
     assert restarted(plan) == ["/etc/rc.d/dovecot restart"]
     config = uploaded(plan, CONFIG)
     assert listener(config, "imap") == "    port = 0\n"
     assert listener(config, "imaps") == "    port = 993\n    ssl = yes\n"
     host.apply(plan)
-    assert plan_deploy(data(imap_port=None), host.answer) == []
+    assert plan_deploy(deploy_data(imap_port=None), host.answer) == []
 
 
 def test_pop3s_port_adds_pop3_on_995_from_the_same_package():
-    host = converged()
-    plan = plan_deploy(data(pop3s_port=995), host.answer)
+    host = converged_host()
+    plan = plan_deploy(deploy_data(pop3s_port=995), host.answer)
     assert [name for name, _ in plan] == REWRITE, "no package to add: the one package has POP3"
     assert restarted(plan) == ["/etc/rc.d/dovecot restart"]
     config = uploaded(plan, CONFIG)
@@ -139,15 +122,15 @@ def test_pop3s_port_adds_pop3_on_995_from_the_same_package():
     assert listener(config, "pop3") == "    port = 0\n"  # no POP3 before TLS
     assert listener(config, "imaps") == "    port = 993\n    ssl = yes\n"
     host.apply(plan)
-    assert plan_deploy(data(pop3s_port=995), host.answer) == []
+    assert plan_deploy(deploy_data(pop3s_port=995), host.answer) == []
 
 
 def test_pop3_on_a_bare_host_installs_the_same_packages(bare):
     _, plan = bare
-    with_pop3 = plan_deploy(data(pop3s_port=995), NetBSDHost().answer)
+    with_pop3 = plan_deploy(deploy_data(pop3s_port=995), NetBSDHost().answer)
     assert commands_of(with_pop3)[0] == commands_of(plan)[0]
     netbsd = platforms.netbsd("10")
-    settings = Settings.from_host_data(data(pop3s_port=995), inventory_name="mail.example.org")
+    settings = Settings.from_host_data(deploy_data(pop3s_port=995), inventory_name="mail.example.org")
     assert imap.packages(netbsd, settings) == ("dovecot",)
 
 
@@ -155,8 +138,8 @@ def test_pop3_on_a_bare_host_installs_the_same_packages(bare):
 
 
 def test_the_modern_policy_rewrites_dovecots_config_and_restarts_it():
-    host = converged()
-    plan = plan_deploy(data(tls_policy="modern"), host.answer)
+    host = converged_host()
+    plan = plan_deploy(deploy_data(tls_policy="modern"), host.answer)
     config = uploaded(plan, CONFIG)
     assert "\nssl_min_protocol = TLSv1.3\n" in config
     names = [name for name, _ in plan]
@@ -164,7 +147,7 @@ def test_the_modern_policy_rewrites_dovecots_config_and_restarts_it():
     assert restarted(plan) == ["/etc/rc.d/stunnel restart", "/etc/rc.d/dovecot restart"]
     assert "Reload dovecot" not in names
     host.apply(plan)
-    assert plan_deploy(data(tls_policy="modern"), host.answer) == []
+    assert plan_deploy(deploy_data(tls_policy="modern"), host.answer) == []
 
 
 def made_anew(host: NetBSDHost) -> None:
@@ -179,9 +162,9 @@ def near_expiry(host: NetBSDHost) -> None:
 @pytest.mark.parametrize("change, made", [(made_anew, []), (near_expiry, ["Make a self-signed certificate for "
                                                                           "mail.example.org"])])
 def test_a_new_pair_reloads_dovecot_and_restarts_stunnel(change, made):
-    host = converged()
+    host = converged_host()
     change(host)
-    plan = plan_deploy(data(), host.answer)
+    plan = plan_deploy(deploy_data(), host.answer)
     assert [name for name, _ in plan] == [*made, "Run stunnel (restart on change)", "Reload dovecot"]
     commands = commands_of(plan)
     assert restarted(plan) == ["/etc/rc.d/stunnel restart"], "Dovecot's sessions stay up"
@@ -192,19 +175,19 @@ def test_a_new_pair_reloads_dovecot_and_restarts_stunnel(change, made):
     host.reloaded.clear()
     host.apply(plan)
     assert host.reloaded == ["dovecot"]
-    assert plan_deploy(data(), host.answer) == [], "the new pair is recorded as the one Dovecot serves"
+    assert plan_deploy(deploy_data(), host.answer) == [], "the new pair is recorded as the one Dovecot serves"
 
 
 # --- the language the installed Dovecot speaks
 
 
 def test_an_installed_dovecot_24_stops_the_run_before_anything_changes():
-    host = converged()
+    host = converged_host()
     host.dovecot_version = "2.4.1-4"  # e.g. a newer pkgsrc branch
     before = host.copy()
     for settings in ({}, {"tls_policy": "modern"}):  # even with other changes to make
         with pytest.raises(OperationError) as refused:
-            plan_deploy(data(**settings), host.answer)
+            plan_deploy(deploy_data(**settings), host.answer)
         message = str(refused.value)
         assert "\n" not in message
         assert message == REFUSAL.format("2.4.1-4")
@@ -264,17 +247,17 @@ def test_the_version_fact_reads_the_first_word():
 
 
 def test_a_hand_edited_dovecot_conf_is_rewritten_and_dovecot_restarted():
-    host = converged()
+    host = converged_host()
     meant = host.contents[CONFIG]
     edited = meant.replace("ssl = required\n", "ssl = yes\n").replace("disable_plaintext_auth = yes",
                                                                         "disable_plaintext_auth = no")
     assert edited != meant
     host.contents[CONFIG] = edited
     host.files[CONFIG]["sha256"] = sha256(edited)
-    plan = plan_deploy(data(), host.answer)
+    plan = plan_deploy(deploy_data(), host.answer)
     assert [name for name, _ in plan] == REWRITE
     assert uploaded(plan, CONFIG) == meant
     assert restarted(plan) == ["/etc/rc.d/dovecot restart"]
     host.apply(plan)
     assert host.contents[CONFIG] == meant
-    assert plan_deploy(data(), host.answer) == []
+    assert plan_deploy(deploy_data(), host.answer) == []

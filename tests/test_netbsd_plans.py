@@ -19,7 +19,7 @@ import pytest
 import yaml
 from passlib.hash import sha1_crypt
 
-from harness.netbsd_host import NetBSDHost
+from harness.netbsd_host import NetBSDHost, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
 from qmailhost.core import ops
 from qmailhost.core import platform as platforms
@@ -91,17 +91,6 @@ def password_env(monkeypatch):
     monkeypatch.setenv("QMAILHOST_TEST_PASSWORD", "correct horse")
 
 
-def data(**settings):
-    return {"hostname": "mail.example.org",
-            "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}], **settings}
-
-
-
-
-
-
-
-
 def assert_netbsd_only(plan) -> None:
     for _, commands in plan:
         for command in commands:
@@ -114,14 +103,8 @@ def assert_netbsd_only(plan) -> None:
 def bare_plan():
     host = NetBSDHost()
     with mock.patch.dict("os.environ", {"QMAILHOST_TEST_PASSWORD": "correct horse"}):
-        plan = plan_deploy(data(), host.answer)
+        plan = plan_deploy(deploy_data(), host.answer)
     return host, plan
-
-
-def converged(mode="ofmipd") -> NetBSDHost:
-    host = NetBSDHost()
-    host.apply(plan_deploy(data(submission=mode), host.answer))
-    return host
 
 
 def test_bare_host_in_ofmipd_mode(bare_plan):
@@ -227,12 +210,12 @@ def test_converged_host_plans_nothing(bare_plan):
     host, plan = bare_plan
     host = host.copy()
     host.apply(plan)
-    assert plan_deploy(data(), host.answer) == []
+    assert plan_deploy(deploy_data(), host.answer) == []
 
 
 def test_switch_to_spamdyke_changes_only_the_submission_service():
-    host = converged("ofmipd")
-    plan = plan_deploy(data(submission="spamdyke"), host.answer)
+    host = converged_host(submission="ofmipd")
+    plan = plan_deploy(deploy_data(submission="spamdyke"), host.answer)
     assert_netbsd_only(plan)
     assert [name for name, _ in plan] == [
         "Write /usr/pkg/etc/qmailhost/spamdyke-ofmipd.conf",
@@ -248,8 +231,8 @@ def test_switch_to_spamdyke_changes_only_the_submission_service():
     assert "smtp-auth-command=/usr/pkg/bin/checkpassword true\n" in uploaded(
         plan, "/usr/pkg/etc/qmailhost/spamdyke-ofmipd.conf")
     host.apply(plan)
-    assert plan_deploy(data(submission="spamdyke"), host.answer) == []
-    back = plan_deploy(data(submission="ofmipd"), host.answer)
+    assert plan_deploy(deploy_data(submission="spamdyke"), host.answer) == []
+    back = plan_deploy(deploy_data(submission="ofmipd"), host.answer)
     assert [name for name, _ in back] == [
         "Remove /usr/pkg/etc/qmailhost/spamdyke-ofmipd.conf (mode spamdyke)",
         "Configure qmailofmipd (/etc/rc.conf.d/qmailofmipd)",
@@ -259,11 +242,11 @@ def test_switch_to_spamdyke_changes_only_the_submission_service():
 
 
 def test_switch_to_tmda_restores_the_archive_and_points_stunnel_at_8025():
-    host = converged("ofmipd")
+    host = converged_host(submission="ofmipd")
     host.tmda_archive = {"archive": "/var/lib/qmailhost/tmda-archive/20240101T000000Z/pieces.tar",
                          "restored": False, "pieces": [("config", "/usr/pkg/etc/tmda"), ("userdir", "/home/alice/.tmda"),
                                                        ("package", "tmda")]}
-    plan = plan_deploy(data(submission="tmda"), host.answer)
+    plan = plan_deploy(deploy_data(submission="tmda"), host.answer)
     assert_netbsd_only(plan)
     commands = commands_of(plan)
     assert commands[0] == "PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install tmda"
@@ -279,7 +262,7 @@ def test_switch_to_tmda_restores_the_archive_and_points_stunnel_at_8025():
     restarted = [c for c in commands if c.endswith(" restart")]
     assert restarted == ["/etc/rc.d/stunnel restart"], "only stunnel's config changed"
     host.apply(plan)
-    assert plan_deploy(data(submission="tmda"), host.answer) == []
+    assert plan_deploy(deploy_data(submission="tmda"), host.answer) == []
 
 
 def test_tmda_era_host_is_converted_and_back():
@@ -290,16 +273,16 @@ def test_tmda_era_host_is_converted_and_back():
     host.tmda_pieces = [("rcscript", "/etc/rc.d/tofmipd"), ("rcconf", "/etc/rc.conf.d/tofmipd"),
                         ("stunnel", "/usr/pkg/etc/stunnel/stunnel.conf"), ("config", "/usr/pkg/etc/tmda"),
                         ("dotqmail", "/home/alice/.qmail"), ("package", "tmda"), ("user", "tofmipd")]
-    plan = plan_deploy(data(), host.answer)
+    plan = plan_deploy(deploy_data(), host.answer)
     assert_netbsd_only(plan)
     commands = commands_of(plan)
     # Retired (archived, then removed) before stunnel is started on 587.
     assert index(commands, "sh /var/lib/qmailhost/tmda/netbsd-retire.sh") < index(commands, "/etc/rc.d/stunnel start")
     host.apply(plan)
     assert "tofmipd" not in host.running and "tmda" not in host.packages
-    assert plan_deploy(data(), host.answer) == []
+    assert plan_deploy(deploy_data(), host.answer) == []
     # Rolling back to TMDA puts the archived configuration back.
-    back = commands_of(plan_deploy(data(submission="tmda"), host.answer))
+    back = commands_of(plan_deploy(deploy_data(submission="tmda"), host.answer))
     assert "PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install tmda" in back
     assert any(c.startswith("tar -C / -xpf /var/lib/qmailhost/tmda-archive/") for c in back)
 
@@ -322,35 +305,35 @@ def test_the_netbsd_platform_is_detected_from_facts():
 
 
 def test_a_hand_edited_rc_conf_is_rewritten_and_its_service_restarted():
-    host = converged("ofmipd")
+    host = converged_host(submission="ofmipd")
     path = "/etc/rc.conf.d/qmailofmipd"
     host.contents[path] = host.contents[path].replace('tcphost="127.0.0.1"', 'tcphost="0.0.0.0"')
     host.files[path]["sha256"] = "edited by hand"
-    plan = plan_deploy(data(), host.answer)
+    plan = plan_deploy(deploy_data(), host.answer)
     assert [name for name, _ in plan] == ["Configure qmailofmipd (/etc/rc.conf.d/qmailofmipd)",
                                           "Run qmailofmipd (restart on change)"]
     assert "/etc/rc.d/qmailofmipd restart" in commands_of(plan)
     host.apply(plan)
-    assert plan_deploy(data(), host.answer) == []
+    assert plan_deploy(deploy_data(), host.answer) == []
 
 
 def test_a_pair_made_anew_on_the_host_is_served_by_stunnel():
-    host = converged("ofmipd")
+    host = converged_host(submission="ofmipd")
     host.cert = {**host.cert, "sha256": "made by hand"}  # e.g. openssl run by hand, or a restore
     host.files["/usr/pkg/etc/qmailhost/tls/cert.pem"]["sha256"] = "made by hand"
-    plan = plan_deploy(data(), host.answer)
+    plan = plan_deploy(deploy_data(), host.answer)
     assert [name for name, _ in plan] == ["Run stunnel (restart on change)", "Reload dovecot"]
     host.apply(plan)
-    assert plan_deploy(data(), host.answer) == []
+    assert plan_deploy(deploy_data(), host.answer) == []
 
 
 def test_a_self_signed_pair_near_expiry_is_renewed_and_served():
-    host = converged("ofmipd")
+    host = converged_host(submission="ofmipd")
     host.cert = {**host.cert, "renew": True}
-    plan = plan_deploy(data(), host.answer)
+    plan = plan_deploy(deploy_data(), host.answer)
     assert [name for name, _ in plan] == ["Make a self-signed certificate for mail.example.org",
                                           "Run stunnel (restart on change)", "Reload dovecot"]
     commands = commands_of(plan)
     assert index(commands, "openssl req -x509") < index(commands, "/etc/rc.d/stunnel restart")
     host.apply(plan)
-    assert plan_deploy(data(), host.answer) == [], "the new pair is recorded as the one stunnel serves"
+    assert plan_deploy(deploy_data(), host.answer) == [], "the new pair is recorded as the one stunnel serves"

@@ -17,7 +17,7 @@ from unittest import mock
 import pytest
 from pyinfra.api.exceptions import OperationError
 
-from harness.netbsd_host import NetBSDHost
+from harness.netbsd_host import NetBSDHost, bare_plan, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
 from qmailhost.backends import pkgsrc
 from qmailhost.core import platform as platforms
@@ -32,30 +32,9 @@ def password_env(monkeypatch):
     monkeypatch.setenv("QMAILHOST_TEST_PASSWORD", "correct horse")
 
 
-def data(**settings):
-    return {"hostname": "mail.example.org",
-            "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}], **settings}
-
-
-
-
-
-
-
-
-def converged(**settings) -> NetBSDHost:
-    host = NetBSDHost()
-    host.apply(plan_deploy(data(**settings), host.answer))
-    assert plan_deploy(data(**settings), host.answer) == []
-    return host
-
-
 @pytest.fixture(scope="module")
 def bare():
-    host = NetBSDHost()
-    with mock.patch.dict("os.environ", {"QMAILHOST_TEST_PASSWORD": "correct horse"}):
-        plan = plan_deploy(data(), host.answer)
-    return host, plan
+    return bare_plan()
 
 
 # --- the packages: qmail's tls verified, spamdyke's built and proven
@@ -97,10 +76,10 @@ def test_the_runtime_checks_stop_the_run_when_the_options_are_missing(bare):
 
 
 def test_a_qmail_without_tls_stops_the_run_naming_the_fix():
-    host = converged()
+    host = converged_host()
     host.packages["qmail"] = ["eai", "syncdir"]  # built by hand, without pkgsrc's default
     with pytest.raises(OperationError) as refused:
-        plan_deploy(data(), host.answer)
+        plan_deploy(deploy_data(), host.answer)
     message = str(refused.value)
     assert "\n" not in message
     assert message == ("qmail is installed without the pkgsrc option tls (a pkgsrc default): rebuild it with it "
@@ -109,10 +88,10 @@ def test_a_qmail_without_tls_stops_the_run_naming_the_fix():
 
 
 def test_a_spamdyke_whose_tls_did_not_take_stops_the_run():
-    host = converged()
+    host = converged_host()
     host.spamdyke_tls_compiled = False  # PKG_OPTIONS says tls, the program has none
     with pytest.raises(OperationError) as refused:
-        plan_deploy(data(), host.answer)
+        plan_deploy(deploy_data(), host.answer)
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith("spamdyke has no TLS compiled in (port 25 could not offer STARTTLS): "
@@ -120,15 +99,15 @@ def test_a_spamdyke_whose_tls_did_not_take_stops_the_run():
 
 
 def test_a_binary_spamdyke_from_pkgin_is_rebuilt_with_tls():
-    host = converged()
+    host = converged_host()
     host.packages["spamdyke"] = []  # e.g. `pkgin upgrade` replaced the build with the binary package
-    plan = plan_deploy(data(), host.answer)
+    plan = plan_deploy(deploy_data(), host.answer)
     # The old build's "no +TLS" does not stop the run: the rebuild comes first, then the proof.
     assert [name for name, _ in plan] == ["Build and install spamdyke from pkgsrc", "Check that spamdyke says +TLS"]
     assert commands_of(plan)[0] == "make -C /usr/pkgsrc/mail/spamdyke replace && make -C /usr/pkgsrc/mail/spamdyke clean"
     assert commands_of(plan)[1].startswith(SPAMDYKE_CHECK)
     host.apply(plan)
-    assert plan_deploy(data(), host.answer) == []
+    assert plan_deploy(deploy_data(), host.answer) == []
 
 
 # --- port 25: spamdyke's STARTTLS as qmaild:qmailtls, the policy through OPENSSL_CONF
@@ -165,8 +144,8 @@ def test_the_group_exists_before_the_key_is_given_to_it_and_before_port_25_start
 
 
 def test_the_modern_policy_reaches_spamdyke_and_stunnel_and_restarts_only_stunnel_and_dovecot():
-    host = converged()
-    plan = plan_deploy(data(tls_policy="modern"), host.answer)
+    host = converged_host()
+    plan = plan_deploy(deploy_data(tls_policy="modern"), host.answer)
     assert "MinProtocol = TLSv1.3\n" in uploaded(plan, "/usr/pkg/etc/qmailhost/tls/openssl-policy.cnf")
     assert "sslVersionMin = TLSv1.3\n" in uploaded(plan, "/usr/pkg/etc/stunnel/stunnel.conf")
     restarted = [c for c in commands_of(plan) if c.endswith(" restart")]
@@ -174,7 +153,7 @@ def test_the_modern_policy_reaches_spamdyke_and_stunnel_and_restarts_only_stunne
     assert restarted == ["/etc/rc.d/stunnel restart", "/etc/rc.d/dovecot restart"], \
         "spamdyke reads the policy per connection"
     host.apply(plan)
-    assert plan_deploy(data(tls_policy="modern"), host.answer) == []
+    assert plan_deploy(deploy_data(tls_policy="modern"), host.answer) == []
 
 
 # --- stunnel: 587 STARTTLS and 465 implicit TLS
@@ -191,21 +170,21 @@ def test_stunnel_serves_submissions_on_465(bare):
 
 def test_no_submissions_section_when_submissions_port_is_null():
     host = NetBSDHost()
-    plan = plan_deploy(data(submissions_port=None), host.answer)
+    plan = plan_deploy(deploy_data(submissions_port=None), host.answer)
     stunnel = uploaded(plan, "/usr/pkg/etc/stunnel/stunnel.conf")
     assert "[submissions]" not in stunnel and ":465" not in stunnel
     assert "[submission]\naccept = 0.0.0.0:587\n" in stunnel
     host.apply(plan)
-    assert plan_deploy(data(submissions_port=None), host.answer) == []
+    assert plan_deploy(deploy_data(submissions_port=None), host.answer) == []
     # Turning 465 on again rewrites stunnel's config and restarts stunnel only.
-    back = plan_deploy(data(), host.answer)
+    back = plan_deploy(deploy_data(), host.answer)
     assert [name for name, _ in back] == ["Write stunnel's config", "Run stunnel (restart on change)"]
     assert "[submissions]\naccept = 0.0.0.0:465\n" in uploaded(back, "/usr/pkg/etc/stunnel/stunnel.conf")
 
 
 def test_submissions_in_tmda_mode_points_at_tmda_ofmipd():
-    host = converged()
-    plan = plan_deploy(data(submission="tmda"), host.answer)
+    host = converged_host()
+    plan = plan_deploy(deploy_data(submission="tmda"), host.answer)
     stunnel = uploaded(plan, "/usr/pkg/etc/stunnel/stunnel.conf")
     assert stunnel.count("connect = 127.0.0.1:8025\n") == 2
 
@@ -233,11 +212,11 @@ def ca_file(tmp_path):
 
 
 def test_tlshosts_and_notlshosts_are_written_and_strays_removed(ca_file):
-    host = converged()
+    host = converged_host()
     host.files["/var/qmail/control/notlshosts/old.example"] = {"sha256": "by hand", "mode": "644", "user": "root",
                                                                "group": "wheel"}
     settings = {"tlshosts": {"mx.example.net": str(ca_file)}, "notlshosts": ["mx.broken.example"]}
-    plan = plan_deploy(data(**settings), host.answer)
+    plan = plan_deploy(deploy_data(**settings), host.answer)
     assert [name for name, _ in plan] == ["Outbound TLS: no TLS to mx.broken.example",
                                           "Outbound TLS: verify mx.example.net's certificate",
                                           "Outbound TLS: forget old.example (not in the inventory)"]
@@ -249,8 +228,8 @@ def test_tlshosts_and_notlshosts_are_written_and_strays_removed(ca_file):
 
 def test_a_converged_netbsd_host_plans_nothing_in_every_mode():
     for mode in ("ofmipd", "spamdyke", "tmda"):
-        converged(submission=mode)
-    converged(submissions_port=None, tls_policy="modern")
+        converged_host(submission=mode)
+    converged_host(submissions_port=None, tls_policy="modern")
 
 
 # --- the two pkgsrc operations on their own: facts in, commands out
@@ -336,8 +315,8 @@ def test_the_facts_ask_pkg_info_and_the_program():
 
 
 def test_a_key_left_readable_by_its_owner_only_is_given_back_to_the_tls_group():
-    host = converged()
+    host = converged_host()
     for listing in (host.files[KEY], host.tree[KEY]):
         listing.update(mode="600", group="wheel")
-    commands = commands_of(plan_deploy(data(), host.answer))
+    commands = commands_of(plan_deploy(deploy_data(), host.answer))
     assert commands == [f"chown root:qmailtls {KEY} && chmod 640 {KEY}"]

@@ -20,7 +20,7 @@ import pytest
 
 from harness import sandbox, testssl
 from harness.mail import message, submit, swaks, tls_context, wait_for_delivery
-from harness.pyinfra_cli import pyinfra
+from harness.pyinfra_cli import predicted_and_real, pyinfra
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 USER, DOMAIN = sandbox.SANDBOX_USER, sandbox.SANDBOX_DOMAIN
@@ -121,14 +121,6 @@ def test_the_key_is_readable_by_root_and_the_tls_group_only(tlshost):
     assert tlshost.ssh("getent group qmailtls").stdout.strip().endswith(":")  # no member: only the gid is given
     assert tlshost.ssh("su -s /bin/sh nobody -c 'cat /etc/qmailhost/tls/key.pem'", check=False).returncode != 0
     assert tlshost.ssh("su -s /bin/sh qmaild -c 'cat /etc/qmailhost/tls/key.pem'", check=False).returncode != 0
-
-
-def predicted_and_real(host: sandbox.Host, data: dict) -> tuple[list[str], list[str], set[str]]:
-    dry = pyinfra(host, "--dry", data=data)
-    pids = host.service_pids()
-    real = pyinfra(host, data=data)
-    restarted = {service.rsplit("/", 1)[1] for service, pid in host.service_pids().items() if pids.get(service) != pid}
-    return sorted(dry.planned()), sorted(real.changed()), restarted
 
 
 def test_modern_policy_refuses_tls_1_2_everywhere_and_rolls_back(tlshost):
