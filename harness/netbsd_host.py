@@ -139,10 +139,6 @@ class NetBSDHost:
         tls = "+TLS" if "tls" in self.packages.get("spamdyke", []) and self.spamdyke_tls_compiled else ""
         return f"spamdyke 5.0.1{tls}+CONFIGTEST+DEBUG (C)2015 Sam Clippinger, samc (at) silence (dot) org"
 
-    def _fact_DovecotVersion(self, program):
-        assert program == DOVECOT, program
-        return self.dovecot_version if "dovecot" in self.packages else None
-
     def dovecot_report(self) -> str:
         """What `dovecot --version` prints (the version, then the build's commit)."""
         return f"{self.dovecot_version} (0a1b2c3d4e)"
@@ -166,7 +162,8 @@ class NetBSDHost:
         return {"systemd": False, "svscan": False, "stamps": dict(self.stamps),
                 "mode": mode.strip() if mode else None,
                 "accounts": {u: self.accounts[u] for u in users if u in self.accounts},
-                "cert": copy.deepcopy(self.cert)}
+                "cert": copy.deepcopy(self.cert),
+                "dovecot": self.dovecot_version.split()[0] if "dovecot" in self.packages else None}
 
     def _fact_Accounts(self):
         return {"users": copy.deepcopy(self.users), "groups": {g: str(100 + i) for i, g in enumerate(sorted(self.groups))}}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from pyinfra.api.exceptions import OperationError
 
-from harness.netbsd_host import NetBSDHost, bare_plan, converged_host, deploy_data, sha256
+from harness.netbsd_host import NetBSDHost, bare_plan, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
 from qmailhost import imap, tls
 from qmailhost.core import platform as platforms
@@ -219,7 +219,7 @@ def test_speaks(version, expected):
 
     def answer(name, kwargs):
         asked[name] = kwargs
-        return version
+        return {"dovecot": version}  # HostState, read once with the run's other facts
 
     kwargs = {"program": "/usr/pkg/sbin/dovecot", "language": "2.3"}
     if expected == "refused":
@@ -227,37 +227,17 @@ def test_speaks(version, expected):
             plan_operation(imap.speaks, kwargs, answer)
         return
     commands, noop = plan_operation(imap.speaks, kwargs, answer)
-    assert asked == {"DovecotVersion": {"program": "/usr/pkg/sbin/dovecot"}}
+    assert list(asked) == ["HostState"]
     if expected == "noop":
         assert (commands, noop) == ([], f"Dovecot {version} speaks 2.3")
     else:
         assert len(commands) == 1 and commands[0].startswith(SPEAKS)
 
 
-def test_the_version_fact_reads_the_first_word():
-    fact = imap.DovecotVersion()
-    assert fact.command("/usr/pkg/sbin/dovecot") == (
-        "[ -x /usr/pkg/sbin/dovecot ] && /usr/pkg/sbin/dovecot --version 2>/dev/null | head -1 || true")
-    assert fact.process(["2.3.21.1 (d492236fa0)"]) == "2.3.21.1"
-    assert fact.process([]) is None and fact.process([""]) is None
+def test_the_version_probe_reads_the_first_word():
+    script = imap.COMPONENT.probes[0].script(platforms.netbsd("10"), None)
+    assert script == ("[ -x /usr/pkg/sbin/dovecot ] && printf 'dovecot\\t%s\\n' "
+                      "\"$(/usr/pkg/sbin/dovecot --version 2>/dev/null | cut -d' ' -f1)\"")
+    assert imap._version([["2.3.21.1"]]) == "2.3.21.1"
+    assert imap._version([]) is None and imap._version([[""]]) is None
     assert imap.language(platforms.netbsd("10")) == imap.language(platforms.netbsd("9")) == "2.3"
-
-
-# --- drift
-
-
-def test_a_hand_edited_dovecot_conf_is_rewritten_and_dovecot_restarted():
-    host = converged_host()
-    meant = host.contents[CONFIG]
-    edited = meant.replace("ssl = required\n", "ssl = yes\n").replace("disable_plaintext_auth = yes",
-                                                                        "disable_plaintext_auth = no")
-    assert edited != meant
-    host.contents[CONFIG] = edited
-    host.files[CONFIG]["sha256"] = sha256(edited)
-    plan = plan_deploy(deploy_data(), host.answer)
-    assert [name for name, _ in plan] == REWRITE
-    assert uploaded(plan, CONFIG) == meant
-    assert restarted(plan) == ["/etc/rc.d/dovecot restart"]
-    host.apply(plan)
-    assert host.contents[CONFIG] == meant
-    assert plan_deploy(deploy_data(), host.answer) == []

@@ -128,8 +128,9 @@ def _rules(name: str, sed: str) -> tuple[str, str]:
 
 
 def _certificate(openssl_options: str) -> tuple[str, str]:
-    """Replace the submission certificate (a new key too) and restart stunnel; undo."""
-    restart = _restart_and_wait("stunnel", 587)
+    """Replace the pair (a new key too), restart stunnel and reload Dovecot, as a renewal
+    by hand would (every TLS port then serves the new one); undo."""
+    restart = "svc -h /etc/service/dovecot && " + _restart_and_wait("stunnel", 587)
     return (f"cp -p {TLS}/cert.pem {TLS}/cert.verify-orig && cp -p {TLS}/key.pem {TLS}/key.verify-orig && "
             f"openssl req -x509 -newkey rsa:2048 -nodes -keyout {TLS}/key.pem -out {TLS}/cert.pem "
             f"{openssl_options} 2>/dev/null && {restart}",

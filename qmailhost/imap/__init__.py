@@ -29,14 +29,14 @@ import shlex
 from dataclasses import dataclass
 
 from pyinfra import host
-from pyinfra.api import FactBase, OperationError, operation
+from pyinfra.api import OperationError, operation
 from pyinfra.operations import systemd
 
 from qmailhost import tls
 from qmailhost.backends import services
 from qmailhost.core import ops
 from qmailhost.core.checks import ERROR, OK, SKIPPED, one_line, tls_context
-from qmailhost.core.component import Component, Listener, Setting, TlsPort
+from qmailhost.core.component import Component, Listener, Probe, Setting, TlsPort
 from qmailhost.core.facts import host_state
 from qmailhost.core.platform import Platform
 from qmailhost.core.settings import Settings, optional_port, port
@@ -101,14 +101,14 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair) -> None:
     ))
 
 
-class DovecotVersion(FactBase):
-    """The first word `dovecot --version` prints ("2.4.1-4"), or None when it is not installed."""
+def _version_probe(platform: Platform, settings: Settings) -> str:
+    program = shlex.quote(PATHS[platform.name].program)
+    return f"[ -x {program} ] && printf 'dovecot\\t%s\\n' \"$({program} --version 2>/dev/null | cut -d' ' -f1)\""
 
-    def command(self, program):
-        return f"[ -x {shlex.quote(program)} ] && {shlex.quote(program)} --version 2>/dev/null | head -1 || true"
 
-    def process(self, output):
-        return output[0].split()[0] if output and output[0].strip() else None
+def _version(lines: list[list[str]]) -> str | None:
+    """The first word `dovecot --version` printed ("2.4.1-4"), None when it is not installed."""
+    return next((fields[0] for fields in lines if fields and fields[0]), None)
 
 
 def _speaks(version: str, spoken: str) -> bool:
@@ -119,7 +119,7 @@ def _speaks(version: str, spoken: str) -> bool:
 def speaks(program: str, language: str):
     """The installed Dovecot speaks LANGUAGE (the config's); not installed yet: checked when the
     run reaches this, after the package install."""
-    version = host.get_fact(DovecotVersion, program=program)
+    version = host_state()["dovecot"]  # read with the run's other facts, before the package install
     refusal = (f"the installed Dovecot is {{}}, but qmailhost writes Dovecot {language}'s configuration for this "
                f"release: install the release's own Dovecot package")
     if version is not None:
@@ -207,6 +207,7 @@ COMPONENT = Component(
         Setting("pop3s_port", None, optional_port("pop3s_port"),
                 "Dovecot, POP3 with implicit TLS; `null` (the default) leaves POP3 off", port=True),
     ),
+    probes=(Probe("dovecot", _version_probe, _version, lambda: None),),
     listeners=lambda settings: (Listener("dovecot", "dovecot", "IMAP", settings.imaps_port, public=True,
                                          protocol="imap", implicit_tls=True),),
     tls_ports=lambda settings: (
