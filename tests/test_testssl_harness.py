@@ -5,7 +5,8 @@ recorded scans (tests/baselines/samples/), which needs neither testssl nor stunn
 
 Needs testssl.sh, stunnel4 and openssl (apt-get install testssl.sh stunnel4); without them
 the scanning tests skip with one loud line. The weak policy's scan (~70-85 s, ROBOT and the
-per-protocol cipher list dominate) is marked slow; the others take 35-60 s each."""
+per-protocol cipher list dominate) is marked slow, and so are the modern and STARTTLS
+scans (test_tls.py scans the real port 25 in every run); the intermediate one (35-60 s) is not."""
 
 from __future__ import annotations
 
@@ -221,6 +222,7 @@ def test_intermediate_policy_has_no_problems_but_the_self_signed_ones(intermedia
                                       "cipher-tls1_3_x1301", "cipher-tls1_3_x1302", "cipher-tls1_3_x1303"}
 
 
+@pytest.mark.slow  # a live scan each; test_tls.py scans the real port 25 in every run
 def test_modern_policy_has_no_problems(request):
     findings = _scan(request, MODERN)
     assert testssl.problems(findings) == []
@@ -277,6 +279,7 @@ def test_check_against_baseline_writes_it_on_the_first_run(tmp_path, intermediat
     assert testssl.check_against_baseline(path, {**current, "cipher_order": "HIGH"}) == ["cipher_order: OK -> HIGH"]
 
 
+@pytest.mark.slow  # a live scan each; test_tls.py scans the real port 25 in every run
 def test_starttls_smtp_intermediate_policy_has_no_problems(request):
     findings = _scan(request, INTERMEDIATE, protocol="smtp", starttls="smtp")
     assert {f["id"]: f["finding"] for f in findings}["service"] == "smtp"
