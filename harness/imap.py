@@ -44,7 +44,7 @@ def session(host: Host, user: str, password: str, port: int = 993, context: ssl.
     starttls = port == 143 if starttls is None else starttls
     context = context or _unverified()
     name = HOSTNAME if context.check_hostname else None
-    with _address_as(name, host.address):
+    with resolving(name, host.address):
         if starttls:
             client = imaplib.IMAP4(name or host.address, port, timeout=30)
             if "STARTTLS" not in client.capabilities:
@@ -119,7 +119,7 @@ def _unverified() -> ssl.SSLContext:
 
 
 @contextlib.contextmanager
-def _address_as(name: str | None, address: str):
+def resolving(name: str | None, address: str):
     """While connecting, NAME resolves to ADDRESS for this process (what /etc/hosts would do)."""
     if name is None:
         yield

@@ -172,9 +172,9 @@ def test_pop3_is_a_setting_off_by_default(imaphost, two_messages):
     planned, changed, restarted = predicted_and_real(imaphost, {"pop3s_port": 995})
     assert planned == changed == ["Install the base packages", "Restart dovecot", "Write Dovecot's config"]
     assert restarted == {"dovecot"}
-    trusting = ssl.create_default_context(cafile=str(imaphost.cafile))
-    trusting.check_hostname = False  # reached by its address: the chain is checked, not the name
-    client = when_up(lambda: poplib.POP3_SSL(imaphost.address, 995, context=trusting, timeout=30))
+    verifying = imap.verifying_context(imaphost.cafile)  # the chain and the name, as a mail client checks them
+    with imap.resolving(imap.HOSTNAME, imaphost.address):
+        client = when_up(lambda: poplib.POP3_SSL(imap.HOSTNAME, 995, context=verifying, timeout=30))
     try:
         client.user(USER)
         assert client.pass_(password()).startswith(b"+OK")

@@ -171,32 +171,23 @@ class Target:
     @contextlib.contextmanager
     def _mailbox_session(self, tls_port: TlsPort, context: ssl.SSLContext):
         """imaplib or poplib on TLS_PORT, TLS up (STARTTLS read from the capabilities first)."""
-        if tls_port.protocol == "imap":
-            if tls_port.starttls:
-                client = imaplib.IMAP4(self.address, tls_port.port, timeout=TIMEOUT)
-                try:
-                    client.starttls(ssl_context=context)
-                except BaseException:
-                    client.shutdown()
-                    raise
-            else:
-                client = imaplib.IMAP4_SSL(self.address, tls_port.port, ssl_context=context, timeout=TIMEOUT)
-            try:
-                yield client
-            finally:
-                with contextlib.suppress(*SESSION_ERRORS):
-                    client.logout()
-            return
+        imap = tls_port.protocol == "imap"
         if tls_port.starttls:
-            client = poplib.POP3(self.address, tls_port.port, timeout=TIMEOUT)
-            client.stls(context=context)
+            client = (imaplib.IMAP4 if imap else poplib.POP3)(self.address, tls_port.port, timeout=TIMEOUT)
+            try:
+                client.starttls(ssl_context=context) if imap else client.stls(context=context)
+            except BaseException:
+                client.shutdown() if imap else client.close()
+                raise
+        elif imap:
+            client = imaplib.IMAP4_SSL(self.address, tls_port.port, ssl_context=context, timeout=TIMEOUT)
         else:
             client = poplib.POP3_SSL(self.address, tls_port.port, context=context, timeout=TIMEOUT)
         try:
             yield client
         finally:
             with contextlib.suppress(*SESSION_ERRORS):
-                client.quit()
+                client.logout() if imap else client.quit()
 
     def submission(self, context: ssl.SSLContext, tls_port: TlsPort | None = None):
         """A session on a submission port (default: the STARTTLS one) after TLS and a second EHLO."""

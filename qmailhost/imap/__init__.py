@@ -35,7 +35,7 @@ from pyinfra.operations import systemd
 from qmailhost import tls
 from qmailhost.backends import services
 from qmailhost.core import ops
-from qmailhost.core.checks import ERROR, OK, SKIPPED, one_line, tls_context
+from qmailhost.core.checks import ERROR, OK, SKIPPED, TIMEOUT, one_line, tls_context
 from qmailhost.core.component import Component, Listener, Probe, Setting, TlsPort
 from qmailhost.core.facts import host_state
 from qmailhost.core.platform import Platform
@@ -171,7 +171,7 @@ def check_imap_no_cleartext_login(target):
     imap_port = target.settings.imap_port
     if imap_port is None:
         return SKIPPED, "imap_port is off: IMAP only with TLS from the first byte"
-    client = imaplib.IMAP4(target.address, imap_port, timeout=20)
+    client = imaplib.IMAP4(target.address, imap_port, timeout=TIMEOUT)
     try:
         offered = set(client.capabilities)
         try:
