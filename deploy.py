@@ -15,6 +15,7 @@ from pyinfra import host
 
 from qmailhost import (
     accounts,
+    acme,
     checkpassword,
     imap,
     mess822,
@@ -40,7 +41,7 @@ checksums = {name: distfile.sha512 for name, (distfile, _) in fetched.items()}
 facts.watch(settings, platform)
 
 # Packages, users, sources
-packages.install(platform, (*mode.packages, *imap.packages(platform, settings)))
+packages.install(platform, (*mode.packages, *imap.packages(platform, settings), *acme.packages(platform, settings)))
 tmda.converge(platform, mode)  # before anything listens on 587: TMDA's stunnel stanza may hold it
 qmail.users(platform)
 submission.user(platform)
@@ -59,7 +60,8 @@ qmail.outbound_tls.configure(platform, settings)
 qmail.aliases(platform, settings)
 qmail.sendmail(platform)
 accounts.configure(platform, settings)
-tls_pair = tls.configure(platform, settings)
+tls_pair = tls.configure(platform, settings)  # self-signed, or the laptop's
+tls_pair = acme.configure(platform, settings, tls_pair)  # under tls: acme, the CA's
 
 # Services (daemontools or rc.d: qmailhost/backends/services.py)
 services.backend(platform).supervisor(platform)
@@ -69,6 +71,7 @@ smtpd.configure(platform, settings)
 submission.configure(platform, settings, mode)
 stunnel.configure(platform, settings, tls_pair, mode)
 imap.configure(platform, settings, tls_pair)
+acme.renewal(platform, settings)
 services.backend(platform).settle(platform)
 
 # Status checks from outside, once the last operation has run (verify_after_deploy=false skips them)

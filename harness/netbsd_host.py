@@ -85,7 +85,9 @@ class NetBSDHost:
     stamps: dict[str, str] = field(default_factory=dict)
     rc_scripts: set[str] = field(default_factory=lambda: {"postfix"})
     running: set[str] = field(default_factory=lambda: {"postfix"})
-    cert: dict | None = None  # the self-signed certificate: {"cn", "sha256", "renew"}
+    cert: dict | None = None  # the self-signed certificate: {"cn", "sha256", "renew", "self"}
+    acme: dict | None = None  # certbot's lineage: {"cn", "sha256"} (the acme probe)
+    acme_cron: bool = False  # root's crontab runs the ACME renewal
     # Whether a spamdyke built with the tls option has TLS compiled in (its version line says
     # "+TLS"): False is a build whose configure left HAVE_LIBSSL undefined.
     spamdyke_tls_compiled: bool = True
@@ -163,6 +165,7 @@ class NetBSDHost:
                 "mode": mode.strip() if mode else None,
                 "accounts": {u: self.accounts[u] for u in users if u in self.accounts},
                 "cert": copy.deepcopy(self.cert),
+                "acme": copy.deepcopy(self.acme), "acme_cron": self.acme_cron,
                 "dovecot": self.dovecot_version.split()[0] if "dovecot" in self.packages else None}
 
     def _fact_Accounts(self):
@@ -325,7 +328,7 @@ class NetBSDHost:
         elif m := re.search(r"openssl req .* -subj /CN=(\S+) .* -out (\S+)\.qmailhost-new", command):
             self._make_pair(command)  # each certificate made is another
             made = hashlib.sha256(self.tree[m[2]]["data"]).hexdigest()
-            self.cert = {"cn": m[1], "sha256": made, "renew": False}
+            self.cert = {"cn": m[1], "sha256": made, "renew": False, "self": True}
             self.files[m[2]] = {"sha256": made, "mode": "644", "user": "root", "group": "wheel"}
         elif m := re.fullmatch(r"chgrp (\w+) (\S+)\.qmailhost-new && chmod (\d+) \2\.qmailhost-new "
                                r"&& chmod 644 (\S+)\.qmailhost-new && mv -f \2\.qmailhost-new \2 "

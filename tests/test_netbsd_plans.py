@@ -196,7 +196,7 @@ stunnel_flags="/usr/pkg/etc/stunnel/stunnel.conf"
 """
     assert uploaded(plan, "/etc/rc.conf.d/postfix").endswith("\npostfix=NO\n")
     stunnel = uploaded(plan, "/usr/pkg/etc/stunnel/stunnel.conf")
-    assert "foreground = no\n" in stunnel and "setuid = stunnel\nsetgid = stunnel\n" in stunnel
+    assert "foreground = no\n" in stunnel and "setuid = stunnel\nsetgid = qmailtls\n" in stunnel
     assert "connect = 127.0.0.1:26\n" in stunnel and "cert = /usr/pkg/etc/qmailhost/tls/cert.pem\n" in stunnel
     assert uploaded(plan, "/var/qmail/control/concurrencyincoming") == "20\n"
     assert uploaded(plan, "/var/qmail/control/concurrencysubmission") == "20\n"

@@ -40,7 +40,7 @@ MESSAGES = {  # path -> (content, mtime in ns)
     f"{ARCHIVE}/alice/1699999999.12345.msg": (b"Subject: archived\n\nby TMDA\n", 1_699_999_999_000_000_000),
 }
 IN_DELIVERY = f"{MAILDIR}/tmp/1700000009.M9P9.mail.example.org"
-TLS_CHANGED = ("Restart stunnel (the TLS pair changed)", "Reload dovecot (the TLS pair changed)")  # _if: pair restored
+TLS_CHANGED = ("Reload dovecot (the TLS pair changed)", "Restart stunnel (the TLS pair changed)")  # _if: pair restored
 
 
 @pytest.fixture(autouse=True)
@@ -215,7 +215,7 @@ def test_restore_onto_a_freshly_deployed_host(tmp_path):
     assert [(what, script) for what, script, _ in new.sent] == [("listing what the host already has", HOST_VIEW)]
     assert [name for name, _ in planned] == [
         "Restore missing messages and files", "Restore the password hashes", "Restore the TLS certificate",
-        "Restore the TLS key", "Restart stunnel (the TLS pair changed)", "Reload dovecot (the TLS pair changed)",
+        "Restore the TLS key", "Reload dovecot (the TLS pair changed)", "Restart stunnel (the TLS pair changed)",
         "Requeue the pending messages"]
     commands = dict(planned)
     assert [c.function for c in commands["Restore missing messages and files"]] == [recovery.send_files]
@@ -232,7 +232,7 @@ def test_restore_onto_a_freshly_deployed_host(tmp_path):
     stamp = "/var/lib/qmailhost/stamps/service-stunnel"
     assert commands["Restart stunnel (the TLS pair changed)"] == [
         "if /etc/rc.d/stunnel onestatus >/dev/null 2>&1; then /etc/rc.d/stunnel restart; fi",
-        # stunnel's stamp holds the certificate it was started with, measured again
+        # pkgsrc's stunnel script cannot reload; its restart stamp holds the certificate, measured again
         f"s={stamp}; if [ -f $s ]; then echo \"$(cut -d' ' -f1 $s) $(openssl dgst -sha256 -r < {TLS}/cert.pem "
         "| cut -c1-64)\" > $s.new && mv -f $s.new $s; fi"]
     stamp = "/var/lib/qmailhost/stamps/service-dovecot-h"
@@ -293,7 +293,9 @@ def test_what_is_backed_up_comes_from_the_components():
         "~alice/Maildir", "~bob/Maildir", f"{TLS}/cert.pem", f"{TLS}/key.pem", ARCHIVE]
     from qmailhost import tls
 
-    assert [part.restore for part in recovery.backup_parts(platform)] == [None, tls.restore, None]
+    from qmailhost import acme
+
+    assert [part.restore for part in recovery.backup_parts(platform)] == [None, acme.restore, tls.restore, None]
     assert recovery.part_paths(recovery.generic_parts(platform), settings, platform) == [
         "~alice/Maildir", "~bob/Maildir", ARCHIVE]
     # ~user stays unquoted (the host's sh expands it), the rest is quoted.

@@ -80,6 +80,13 @@ def declare(platform: Platform, service: Service) -> None:
         unlinked(name=f"Stop and unlink {replaced}", link=f"{platform.service_dir}/{replaced}")
 
 
+def retire(platform: Platform, name: str, why: str) -> None:
+    """Service NAME no longer runs (WHY: for the operation's name), when it is linked at all."""
+    link = f"{platform.service_dir}/{name}"
+    if ops.managed_path(link):
+        unlinked(name=f"Stop and unlink {name} ({why})", link=link)
+
+
 @operation()
 def unlinked(link: str):
     """The service at LINK is no longer supervised: unlinked, then its supervise told to stop and exit."""

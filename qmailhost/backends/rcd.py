@@ -114,6 +114,12 @@ def declare(platform: Platform, service: Service) -> None:
         disabled(platform, rcd_name(replaced), why)
 
 
+def retire(platform: Platform, name: str, why: str) -> None:
+    """Service NAME no longer runs, when it has an rc.conf.d file at all."""
+    if ops.managed_path(f"{platform.rc_conf_d}/{rcd_name(name)}"):
+        disabled(platform, rcd_name(name), why)
+
+
 def disabled(platform: Platform, name: str, why: str) -> None:
     """rc.d service NAME is disabled (NAME=NO in its own rc.conf.d file) and stopped."""
     ops.whole_file(name=f"Disable {name} ({platform.rc_conf_d}/{name})", dest=f"{platform.rc_conf_d}/{name}",

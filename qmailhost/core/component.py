@@ -76,6 +76,19 @@ class TlsPort:
 
 
 @dataclass(frozen=True)
+class PairReader:
+    """A service that holds the TLS pair (tls/) in memory and re-reads it on a reload (HUP):
+    reloaded when the pair is replaced under it (an ACME renewal, a restore), so no
+    connection is cut. STAMP: which of its stamps measures the pair, "restart" or "reload"
+    (measured again after, so the next deploy sees nothing to do). A service that reads the
+    pair per connection (spamdyke on 25) needs nothing and is not one."""
+
+    service: str
+    stamp: str
+    rcd_reload: bool = True  # its rc.d script has a reload command; else it is restarted there
+
+
+@dataclass(frozen=True)
 class BackupPart:
     """What a component adds to a backup: host PATHS (files or whole trees, shell words
     such as ~alice/Maildir). A restore adds the files the host lacks under them, never
@@ -101,6 +114,7 @@ class Component:
     tls_ports: Callable[[Any], tuple[TlsPort, ...]] = _none  # settings -> the ports it serves TLS on
     checks: tuple[Callable, ...] = ()
     backup: BackupPart | None = None
+    pair_readers: tuple[PairReader, ...] = ()
 
 
 @cache

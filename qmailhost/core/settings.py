@@ -90,7 +90,7 @@ class Settings:
 
     @property
     def self_signed(self) -> bool:
-        return self.tls_cert is None
+        return self.tls == "self-signed"
 
 
 def declared_settings() -> list[tuple[Component, Setting]]:

@@ -36,7 +36,7 @@ from qmailhost import tls
 from qmailhost.backends import services
 from qmailhost.core import ops
 from qmailhost.core.checks import ERROR, OK, SKIPPED, TIMEOUT, one_line, tls_context
-from qmailhost.core.component import Component, Listener, Probe, Setting, TlsPort
+from qmailhost.core.component import Component, Listener, PairReader, Probe, Setting, TlsPort
 from qmailhost.core.facts import host_state
 from qmailhost.core.platform import Platform
 from qmailhost.core.settings import Settings, optional_port, port
@@ -216,4 +216,5 @@ COMPONENT = Component(
           if settings.pop3s_port else []),
     ),
     checks=(check_imap_login, check_imap_no_cleartext_login),
+    pair_readers=(PairReader("dovecot", stamp="reload"),),
 )

@@ -2,8 +2,8 @@
 ofmipd on 127.0.0.1:26; tmda-ofmipd on 127.0.0.1:8025): STARTTLS on 587, and implicit
 TLS on 465 (RFC 8314; ``submissions_port``, null turns it off), both under the one TLS
 policy (tls/). Under daemontools it runs in the foreground, under rc.d it detaches; it
-reads the key as root, then drops to an unprivileged user. Restarted when its config or
-the TLS pair changes. Its status check: 587 offers STARTTLS and no AUTH before it.
+reads the key as root, then drops to an unprivileged user. Restarted by a deploy when its config or
+the TLS pair changes; reloaded (HUP: sessions stay up) when a renewal or a restore replaces the pair. Its status check: 587 offers STARTTLS and no AUTH before it.
 """
 
 from dataclasses import dataclass
@@ -12,7 +12,7 @@ from qmailhost import tls
 from qmailhost.backends import services
 from qmailhost.core import ops
 from qmailhost.core.checks import ERROR, OK
-from qmailhost.core.component import Component, Listener, Setting, TlsPort
+from qmailhost.core.component import Component, Listener, PairReader, Setting, TlsPort
 from qmailhost.core.platform import Platform
 from qmailhost.core.settings import Settings, optional_port, port
 from qmailhost.core.templates import render
@@ -22,13 +22,14 @@ from qmailhost.core.templates import render
 class Paths:
     program: str
     config: str
-    user: tuple[str, str]  # it drops to this user and group once the key is read
+    user: tuple[str, str]  # it drops to this user and group once the key is read (the key's
+    # group, so a reload, HUP, can read a renewed pair again)
     foreground: bool  # daemontools supervises it; rc.d expects it to detach
 
 
 PATHS = {
-    "debian": Paths("/usr/bin/stunnel4", "/etc/qmailhost/stunnel.conf", ("nobody", "nogroup"), foreground=True),
-    "netbsd": Paths("/usr/pkg/bin/stunnel", "/usr/pkg/etc/stunnel/stunnel.conf", ("stunnel", "stunnel"),
+    "debian": Paths("/usr/bin/stunnel4", "/etc/qmailhost/stunnel.conf", ("nobody", tls.KEY_GROUP), foreground=True),
+    "netbsd": Paths("/usr/pkg/bin/stunnel", "/usr/pkg/etc/stunnel/stunnel.conf", ("stunnel", tls.KEY_GROUP),
                     foreground=False),
 }
 
@@ -78,4 +79,7 @@ COMPONENT = Component(
           if settings.submissions_port else []),
     ),
     checks=(check_submission_starttls_first,),
+    # A deploy restarts it for a new pair; a renewal or restore reloads it. pkgsrc's rc.d script
+    # has no reload command: restarted there.
+    pair_readers=(PairReader("stunnel", stamp="restart", rcd_reload=False),),
 )

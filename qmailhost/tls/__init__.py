@@ -1,12 +1,14 @@
 """TLS: the one certificate, key and policy every TLS listener serves: stunnel on 587 and
-465 (stunnel/), spamdyke's STARTTLS on 25 (smtpd/, spamdyke/).
+465 (stunnel/), spamdyke's STARTTLS on 25 (smtpd/, spamdyke/), Dovecot (imap/).
 
-The pair is either from the laptop (the key transferred as a secret: never diffed or
-printed), or self-signed on the host once, kept across runs, and made again only when
-the host name changes or it nears expiry. The key is 640 root:qmailtls: stunnel reads
-it as root, spamdyke as qmaild with the group qmailtls (smtpd/), nobody else. It never
-leaves the host, except into a backup: a self-signed pair is carried by backups and put
-back by a restore (stunnel restarted only when it changed). The policy (``tls_policy``,
+The pair (``tls``) is from the laptop (``files``: the key transferred as a secret, never
+diffed or printed), self-signed on the host once (``self-signed``: kept across runs, made
+again only when the host name changes or it nears expiry), or issued by an ACME CA
+(``acme``: acme/ puts it here). The key is 640 root:qmailtls: stunnel reads it as root
+(and as nobody:qmailtls on a reload), spamdyke as qmaild with the group qmailtls
+(smtpd/), nobody else. It never leaves the host, except into a backup: a pair made on the
+host is carried by backups and put back by a restore, which then reloads every reader of
+the pair (``reader_commands``: each component's ``pair_readers``). The policy (``tls_policy``,
 POLICIES) is data rendered once per consumer: stunnel's options, and an OpenSSL config
 (``openssl-policy.cnf``) for spamdyke, which has no protocol options of its own. Its status
 checks, on every TLS port from outside: the policy holds (no TLS below the floor, no CBC or
@@ -118,15 +120,16 @@ class Pair:
     measured: tuple[str, str | None] | None = None
 
 
-def _measure(platform: Platform, cert: str) -> str:
+def measure(platform: Platform, cert: str) -> str:
     """The command printing the SHA256 of the certificate on the host (what a restart is stamped with)."""
     return f"{platform.shell.sha256} < {shlex.quote(cert)} | cut -c1-64"
 
 
 def _remade(hostname: str) -> bool:
-    """Will this run make the self-signed pair anew (none, another name, or about to expire)?"""
+    """Will this run make the self-signed pair anew (none, another name, one a CA issued, or
+    about to expire)?"""
     current = host_state()["cert"]
-    return current is None or current["cn"] != hostname or current["renew"]
+    return current is None or current["cn"] != hostname or current["renew"] or not current["self"]
 
 
 @operation()
@@ -144,12 +147,15 @@ def self_signed_certificate(hostname: str, cert: str, key: str, days: int = 825)
            f"&& mv -f {new_key} {shlex.quote(key)} && mv -f {new_cert} {shlex.quote(cert)}")
 
 
-def configure(platform: Platform, settings: Settings) -> Pair:
-    """Put the pair and the policy in place; returns the pair as the TLS listeners' restarts see it."""
+def configure(platform: Platform, settings: Settings) -> Pair | None:
+    """Put the policy in place, and a self-signed or the laptop's pair; returns the pair as the
+    TLS listeners' restarts see it (None under ``tls: acme``: acme/ puts that pair in place)."""
     ops.group(name=f"Create group {KEY_GROUP} (may read the TLS key)", group=KEY_GROUP, tools=platform.accounts)
     ops.whole_file(name="Write the TLS policy for OpenSSL (spamdyke)", dest=policy_config_path(platform),
                    content=render("tls/openssl-policy.cnf", policy=policy(settings)))
     cert, key = paths(platform)
+    if settings.tls == "acme":
+        return None
     if settings.self_signed:
         remade = _remade(settings.hostname)
         self_signed_certificate(name=f"Make a self-signed certificate for {settings.hostname}",
@@ -158,7 +164,7 @@ def configure(platform: Platform, settings: Settings) -> Pair:
             ops.permissions(name="Let only root and qmailtls read the TLS key", path=key, mode=KEY_MODE,
                             user="root", group=KEY_GROUP)
         now = None if remade else host_state()["cert"]["sha256"]
-        return Pair("self-signed", measured=(_measure(platform, cert), now))
+        return Pair("self-signed", measured=(measure(platform, cert), now))
     cert_data, key_data = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
     rewritten = ops.differs(cert, cert_data) or ops.differs(key, key_data)
     ops.whole_file(name="Install the TLS certificate", dest=cert, content=cert_data.decode())
@@ -181,6 +187,29 @@ def _readable(setting: str, value) -> Path:
 
 def _tls_cert(value, _values=None) -> Path | None:
     return None if value is None else _readable("tls_cert", value)
+
+
+SOURCES = {
+    "self-signed": "made on the host once, renewed there",
+    "files": "the laptop's `tls_cert` and `tls_key`",
+    "acme": "issued by an ACME CA and renewed on the host (acme/)",
+}
+
+
+def _tls(value, values: dict) -> str:
+    """Where the pair comes from; unset: the laptop's files when tls_cert is set, else self-signed."""
+    files = values["tls_cert"] is not None
+    if value is None:
+        return "files" if files else "self-signed"
+    if value not in SOURCES:
+        raise SettingsError("tls", f"{value!r} is not a source of the TLS pair", f"set tls to one of: {', '.join(SOURCES)}")
+    if files and value != "files":
+        raise SettingsError("tls", f"is {value!r} but tls_cert and tls_key are set",
+                            "remove tls_cert and tls_key, or set tls to 'files'")
+    if value == "files" and not files:
+        raise SettingsError("tls_cert", "tls is 'files' but tls_cert and tls_key are not set",
+                            "set both to PEM files on this laptop")
+    return value
 
 
 def _tls_key(value, values: dict) -> Path | None:
@@ -215,16 +244,35 @@ def _openssl(*args: str) -> str | None:
 # --- backup and restore ---------------------------------------------------------------------
 
 
+def reader_commands(platform: Platform) -> list[tuple[str, str, list[str]]]:
+    """For every reader of the pair (each component's ``pair_readers``): how it re-reads it
+    ("Reload", or "Restart" where its rc.d script cannot reload), its service, and the
+    commands that do so if it runs, then measure its stamp again (so the next deploy restarts
+    nothing). What a renewal's hook (acme/) and a restore run after replacing the pair."""
+    from qmailhost.core.component import components
+
+    backend = services.backend(platform)
+    measured = measure(platform, paths(platform)[0])  # as configure() measures it
+    stamps = {"restart": backend.restart_stamp, "reload": backend.reload_stamp}
+    found = []
+    for reader in (reader for component in components() for reader in component.pair_readers):
+        reloads = reader.rcd_reload or platform.service_backend != "rcd"
+        command = (backend.reload_command if reloads else backend.restart_command)(platform, reader.service)
+        found.append(("Reload" if reloads else "Restart", reader.service,
+                      [command, ops.remeasure_stamp(stamps[reader.stamp](reader.service), measured)]))
+    return found
+
+
 def restore(platform: Platform, settings: Settings, backup) -> None:
-    """The self-signed pair from BACKUP when the host's differs; stunnel restarted and Dovecot
-    reloaded only then."""
+    """The pair from BACKUP (self-signed, or the one ACME issued) when the host's differs;
+    then every reader of it reloaded, only then."""
     cert_path, key_path = paths(platform)
     files = backup.host_files()
     cert, key = files.get(cert_path), files.get(key_path)
     if cert is None or key is None:
         host.log("The backup holds no TLS pair (the inventory's pair was in use): none to restore", logger.info)
         return
-    if not settings.self_signed:
+    if settings.tls == "files":
         host.log("tls_cert and tls_key are set: the inventory's pair stays, the backup's is not restored",
                  logger.warning)
         return
@@ -232,15 +280,9 @@ def restore(platform: Platform, settings: Settings, backup) -> None:
                              mode=cert.mode, user=cert.owner, group=cert.group)
     key_op = ops.secret_file(name="Restore the TLS key", dest=key_path, data=backup.read(key), mode=key.mode,
                              user=key.owner, group=key.group)
-    backend = services.backend(platform)
-    measure = _measure(platform, cert_path)  # as configure() measures it
-    server.shell(name="Restart stunnel (the TLS pair changed)", _if=any_changed(cert_op, key_op),
-                 commands=[backend.restart_command(platform, "stunnel"),
-                           ops.remeasure_stamp(backend.restart_stamp("stunnel"), measure)])
-    # Dovecot (imap/) re-reads the pair on a reload, and its reload stamp holds the pair's digest too.
-    server.shell(name="Reload dovecot (the TLS pair changed)", _if=any_changed(cert_op, key_op),
-                 commands=[backend.reload_command(platform, "dovecot"),
-                           ops.remeasure_stamp(backend.reload_stamp("dovecot"), measure)])
+    for how, service, commands in reader_commands(platform):
+        server.shell(name=f"{how} {service} (the TLS pair changed)", _if=any_changed(cert_op, key_op),
+                     commands=commands)
 
 
 # --- status checks --------------------------------------------------------------------------
@@ -372,20 +414,24 @@ def _field(text: str, name: str) -> str:
 
 
 def _cert_probe(platform: Platform, settings: Settings) -> str:
-    """The certificate's name, its SHA256 and whether it expires within RENEW_DAYS."""
+    """The certificate's name, its SHA256, whether it expires within RENEW_DAYS, and whether
+    it is self-signed (its issuer is its subject)."""
     cert = shlex.quote(paths(platform)[0])
-    return (f"[ -f {cert} ] && printf 'cert\\t%s\\t%s\\t%s\\n' \"$(openssl x509 -noout -subject -nameopt multiline "
+    x509 = f"openssl x509 -noout -nameopt RFC2253 -in {cert} 2>/dev/null"
+    return (f"[ -f {cert} ] && printf 'cert\\t%s\\t%s\\t%s\\t%s\\n' \"$(openssl x509 -noout -subject -nameopt multiline "
             f"-in {cert} 2>/dev/null | sed -n 's/^ *commonName *= *//p')\" "
             f"\"$({platform.shell.sha256} < {cert} | cut -c1-64)\" "
             f"\"$(openssl x509 -noout -checkend {RENEW_DAYS * 86400} -in {cert} >/dev/null 2>&1 "
-            "&& echo keep || echo renew)\"")
+            "&& echo keep || echo renew)\" "
+            f"\"$([ \"$({x509} -subject | sed 's/^subject=//')\" = \"$({x509} -issuer | sed 's/^issuer=//')\" ] "
+            "&& echo self || echo issued)\"")
 
 
 def _cert(lines: list[list[str]]) -> dict | None:
     fields = lines[0]
-    if len(fields) != 3:
+    if len(fields) != 4:
         return None
-    return {"cn": fields[0], "sha256": fields[1], "renew": fields[2] != "keep"}
+    return {"cn": fields[0], "sha256": fields[1], "renew": fields[2] != "keep", "self": fields[3] == "self"}
 
 
 COMPONENT = Component(
@@ -394,12 +440,15 @@ COMPONENT = Component(
         Setting("tls_cert", None, _tls_cert,
                 "PEM certificate on the laptop; unset (with `tls_key`): self-signed, made on the host once"),
         Setting("tls_key", None, _tls_key, "PEM key on the laptop, matching `tls_cert`"),
+        Setting("tls", None, _tls,
+                "where the pair comes from: `self-signed`, `files` (`tls_cert`/`tls_key`) or `acme` (see acme_*); "
+                "default: `files` when `tls_cert` is set, else `self-signed`"),
         Setting("tls_policy", "intermediate", _tls_policy,
                 "every TLS port: `intermediate` (TLS 1.2 with ECDHE and AES-GCM/ChaCha20 only, and 1.3; "
                 "the server's order) or `modern` (TLS 1.3 only)"),
     ),
     probes=(Probe("cert", _cert_probe, _cert, lambda: None),),
     checks=(check_tls_policy, check_one_certificate, check_certificate_name, check_certificate_expiry),
-    backup=BackupPart(paths=lambda settings, platform: paths(platform) if settings.self_signed else (),
+    backup=BackupPart(paths=lambda settings, platform: paths(platform) if settings.tls != "files" else (),
                       restore=restore),
 )
