@@ -49,6 +49,8 @@ from qmailhost.core.templates import render
 LINEAGE = "qmailhost"  # certbot's --cert-name
 SERVICE = "acme-renew"
 RENEW_EVERY = 12 * 3600  # seconds between renewal checks (certbot's advice: twice a day)
+INSTALL_ONLY = "QMAILHOST_INSTALL_ONLY"  # set: the hook installs the pair and leaves its readers to the deploy
+CRON_NAME = "qmailhost: renew the ACME certificate"  # how pyinfra finds the line again
 DIRECTORIES = {
     "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
     "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
@@ -68,8 +70,11 @@ class Paths:
 PATHS = {
     "debian": Paths("/usr/bin/certbot", ("certbot",), "/etc/letsencrypt", "/var/lib/letsencrypt",
                     "/var/log/letsencrypt", renew_by="service"),
-    # pkgsrc security/py-certbot: its paths are substituted to PKG_SYSCONFDIR and VARBASE.
-    "netbsd": Paths("/usr/pkg/bin/certbot", ("py312-certbot",), "/usr/pkg/etc/letsencrypt", "/var/letsencrypt",
+    # pkgsrc security/py-certbot, for pkgsrc's default Python (lang/python/pyversion.mk: 313):
+    # the package PYPKGPREFIX-certbot installs bin/certbot-PYVERSSUFFIX (PLIST; bin/certbot is
+    # only pkg_alternatives' wrapper, made when pkg_alternatives is installed). Its paths are
+    # substituted to PKG_SYSCONFDIR (PKG_SYSCONFSUBDIR=letsencrypt) and VARBASE/letsencrypt.
+    "netbsd": Paths("/usr/pkg/bin/certbot-3.13", ("py313-certbot",), "/usr/pkg/etc/letsencrypt", "/var/letsencrypt",
                     "/var/letsencrypt/log", renew_by="cron"),
 }
 
@@ -151,9 +156,13 @@ def _restorable(settings: Settings, platform: Platform) -> Path | None:
     cert = by_path.get(tls.paths(platform)[0])
     if renewal not in by_path or cert is None:
         return None
-    result = subprocess.run(["openssl", "x509", "-noout", "-checkend", "0", "-checkhost", settings.hostname,
-                             "-in", str(backups[-1] / cert.stored)], capture_output=True, text=True)
-    return backups[-1] if result.returncode == 0 and "does match" in result.stdout else None
+    stored = str(backups[-1] / cert.stored)
+    # Two calls: openssl x509 stops after -checkend's answer and would never say whether the name matches.
+    valid = subprocess.run(["openssl", "x509", "-noout", "-checkend", "0", "-in", stored], capture_output=True)
+    named = subprocess.run(["openssl", "x509", "-noout", "-checkhost", settings.hostname, "-in", stored],
+                           capture_output=True, text=True)
+    ok = valid.returncode == 0 and named.returncode == 0 and "does match" in named.stdout
+    return backups[-1] if ok else None
 
 
 @operation()
@@ -195,7 +204,9 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair | None) -> 
     lineage, installed = host_state()["acme"], host_state()["cert"]
     restorable = _restorable(settings, platform) if lineage is None else None
     order = lineage is None and not restorable or lineage is not None and lineage["cn"] != settings.hostname
-    bundle = f"REQUESTS_CA_BUNDLE={shlex.quote(mine['ca'])} " if settings.acme_ca_bundle else ""
+    # Run by the deploy (or by certbot under it), the hook installs the pair only: the deploy's
+    # own restarts and reloads re-read it, once, as the dry run says (INSTALL_ONLY).
+    bundle = f"{INSTALL_ONLY}=1 " + (f"REQUESTS_CA_BUNDLE={shlex.quote(mine['ca'])} " if settings.acme_ca_bundle else "")
     certificate_ordered(
         name=f"Order a certificate for {settings.hostname} from the ACME CA",
         command=(f"{bundle}{paths.certbot} certonly --standalone --preferred-challenges http --http-01-port 80 "
@@ -215,7 +226,8 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair | None) -> 
             return tls.Pair("acme", measured=(tls.measure(platform, cert), None))
         return tls.Pair("acme", measured=(tls.measure(platform, cert), installed["sha256"]))
     if installed is None or installed["sha256"] != lineage["sha256"]:
-        server.shell(name="Install the ACME certificate where the TLS listeners read it", commands=[mine["hook"]])
+        server.shell(name="Install the ACME certificate where the TLS listeners read it",
+                     commands=[f"{INSTALL_ONLY}=1 {mine['hook']}"])
         return tls.Pair("acme", measured=(tls.measure(platform, cert), None))
     ops.permissions(name="Let only root and qmailtls read the TLS key", path=key, mode=tls.KEY_MODE,
                     user="root", group=tls.KEY_GROUP)
@@ -227,9 +239,12 @@ def renewal(platform: Platform, settings: Settings) -> None:
     paths, mine = PATHS[platform.name], files(platform)
     if paths.renew_by == "cron":
         if settings.tls == "acme" or host_state()["acme_cron"]:
+            # Its output goes nowhere (cron would mail it to root twice a day): the outcome is in
+            # the status file the acme_renewal check reads, certbot's log in its logs dir.
             server.crontab(name="Renew the ACME certificate twice a day (cron)" if settings.tls == "acme"
-                           else "Stop renewing an ACME certificate (cron)", command=mine["renew"],
-                           minute="17", hour="*/12", user="root", present=settings.tls == "acme")
+                           else "Stop renewing an ACME certificate (cron)", command=f"{mine['renew']} >/dev/null 2>&1",
+                           cron_name=CRON_NAME, minute="17", hour="*/12", user="root",
+                           present=settings.tls == "acme")
         return
     if settings.tls == "acme":
         services.declare(platform, services.Service(

@@ -1,8 +1,9 @@
 """stunnel: TLS for submission in front of the submission mode's listener (submission/:
 ofmipd on 127.0.0.1:26; tmda-ofmipd on 127.0.0.1:8025): STARTTLS on 587, and implicit
 TLS on 465 (RFC 8314; ``submissions_port``, null turns it off), both under the one TLS
-policy (tls/). Under daemontools it runs in the foreground, under rc.d it detaches; it
-reads the key as root, then drops to an unprivileged user. Restarted by a deploy when its config or
+policy (tls/). Under daemontools it runs in the foreground, as nobody:qmailtls from its
+start (setpriv: never root, only allowed to bind ports below 1024); under rc.d it detaches,
+reading the key as root before its own setuid. Restarted by a deploy when its config or
 the TLS pair changes; reloaded (HUP: sessions stay up) when a renewal or a restore replaces the pair. Its status check: 587 offers STARTTLS and no AUTH before it.
 """
 
@@ -22,15 +23,20 @@ from qmailhost.core.templates import render
 class Paths:
     program: str
     config: str
-    user: tuple[str, str]  # it drops to this user and group once the key is read (the key's
-    # group, so a reload, HUP, can read a renewed pair again)
+    user: tuple[str, str]  # it runs as this user and the key's group (a reload re-reads the pair)
     foreground: bool  # daemontools supervises it; rc.d expects it to detach
+    # How it gets there. "setpriv": started so by its run script, never root, with only the
+    # capability to bind ports below 1024, which a reload (HUP) needs to bind them again
+    # (stunnel's own setuid would leave it unable to: "Permission denied" and no listener).
+    # "setuid": stunnel's own setuid/setgid after binding (rc.d, where a new pair restarts it).
+    drop: str
 
 
 PATHS = {
-    "debian": Paths("/usr/bin/stunnel4", "/etc/qmailhost/stunnel.conf", ("nobody", tls.KEY_GROUP), foreground=True),
+    "debian": Paths("/usr/bin/stunnel4", "/etc/qmailhost/stunnel.conf", ("nobody", tls.KEY_GROUP), foreground=True,
+                    drop="setpriv"),
     "netbsd": Paths("/usr/pkg/bin/stunnel", "/usr/pkg/etc/stunnel/stunnel.conf", ("stunnel", tls.KEY_GROUP),
-                    foreground=False),
+                    foreground=False, drop="setuid"),
 }
 
 
@@ -41,12 +47,14 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair, mode) -> N
     config = render("stunnel/stunnel.conf", submission_port=settings.submission_port,
                     submissions_port=settings.submissions_port, ofmipd_port=mode.upstream_port(settings),
                     cert=cert, key=key, policy=tls.policy(settings),
-                    foreground="yes" if paths.foreground else "no", user=user, group=group)
+                    foreground="yes" if paths.foreground else "no", user=user, group=group,
+                    setuid=paths.drop == "setuid")
     rewritten = ops.differs(paths.config, config) or pair.rewritten
     ops.whole_file(name="Write stunnel's config", dest=paths.config, content=config)
     services.declare(platform, services.Service(
         name="stunnel", description="TLS on the submission ports",
-        run=render("stunnel/stunnel.run", stunnel=paths.program, config=paths.config),
+        run=render("stunnel/stunnel.run", stunnel=paths.program, config=paths.config,
+                   setpriv=(user, group) if paths.drop == "setpriv" else None),
         rcd=services.Rcd("stunnel", (("flags", paths.config),)),
         reads_at_start=(config, pair.fingerprint), rewritten=rewritten, measured=pair.measured,
     ))
