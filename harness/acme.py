@@ -94,7 +94,7 @@ class Pebble:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self._wait(lambda: self._get(self.directory))
         for name, address in self._records.items():
-            self._wait(lambda: self.add_a(name, address))
+            self._wait(lambda name=name, address=address: self.add_a(name, address))
         return self
 
     def _wait(self, probe, seconds: float = 20) -> None:

@@ -260,3 +260,16 @@ def test_with_the_ca_gone_a_renewal_fails_loudly_and_the_pair_stays(ca):
     verify = pyinfra(host, deploy="verify.py", data=ca["data"], check=False)
     line = next(line for line in verify.output.splitlines() if "acme_renewal" in line)
     assert "warning" in line.lower() and "failed" in line, line
+
+
+def test_an_order_the_ca_cannot_answer_stops_the_deploy_and_the_pair_stays(ca, tmp_path):
+    host, root = ca["host"], ca["root"]
+    assert not ca["pebble"].running()  # stopped by the test before
+    before = served(host, root)
+    host.ssh("rm -rf /etc/letsencrypt/live /etc/letsencrypt/renewal /etc/letsencrypt/archive")  # an order is due
+    data = {**ca["data"], "backup_dir": str(tmp_path / "no-backups")}  # and no backup holds it back
+    failed = pyinfra(host, data=data, check=False)
+    assert failed.returncode != 0
+    assert "Order a certificate for mail.sandbox.test from the ACME CA" in failed.output
+    assert "Connection refused" in failed.output, failed.output[-3000:]
+    assert served(host, root) == before  # every listener still serves the pair it had

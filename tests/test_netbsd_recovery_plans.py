@@ -291,9 +291,7 @@ def test_what_is_backed_up_comes_from_the_components():
     platform = netbsd("10")
     assert recovery.part_paths(recovery.backup_parts(platform), settings, platform) == [
         "~alice/Maildir", "~bob/Maildir", f"{TLS}/cert.pem", f"{TLS}/key.pem", ARCHIVE]
-    from qmailhost import tls
-
-    from qmailhost import acme
+    from qmailhost import acme, tls
 
     assert [part.restore for part in recovery.backup_parts(platform)] == [None, acme.restore, tls.restore, None]
     assert recovery.part_paths(recovery.generic_parts(platform), settings, platform) == [

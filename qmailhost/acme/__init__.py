@@ -206,7 +206,8 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair | None) -> 
     order = lineage is None and not restorable or lineage is not None and lineage["cn"] != settings.hostname
     # Run by the deploy (or by certbot under it), the hook installs the pair only: the deploy's
     # own restarts and reloads re-read it, once, as the dry run says (INSTALL_ONLY).
-    bundle = f"{INSTALL_ONLY}=1 " + (f"REQUESTS_CA_BUNDLE={shlex.quote(mine['ca'])} " if settings.acme_ca_bundle else "")
+    trust = f"REQUESTS_CA_BUNDLE={shlex.quote(mine['ca'])} " if settings.acme_ca_bundle else ""
+    bundle = f"{INSTALL_ONLY}=1 {trust}"
     certificate_ordered(
         name=f"Order a certificate for {settings.hostname} from the ACME CA",
         command=(f"{bundle}{paths.certbot} certonly --standalone --preferred-challenges http --http-01-port 80 "

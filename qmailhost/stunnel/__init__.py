@@ -4,7 +4,9 @@ TLS on 465 (RFC 8314; ``submissions_port``, null turns it off), both under the o
 policy (tls/). Under daemontools it runs in the foreground, as nobody:qmailtls from its
 start (setpriv: never root, only allowed to bind ports below 1024); under rc.d it detaches,
 reading the key as root before its own setuid. Restarted by a deploy when its config or
-the TLS pair changes; reloaded (HUP: sessions stay up) when a renewal or a restore replaces the pair. Its status check: 587 offers STARTTLS and no AUTH before it.
+the TLS pair changes; reloaded (HUP: sessions stay up) when a renewal or a restore
+replaces the pair (restarted under rc.d). Its status check: 587 offers STARTTLS and no
+AUTH before it.
 """
 
 from dataclasses import dataclass

@@ -202,7 +202,8 @@ def _tls(value, values: dict) -> str:
     if value is None:
         return "files" if files else "self-signed"
     if value not in SOURCES:
-        raise SettingsError("tls", f"{value!r} is not a source of the TLS pair", f"set tls to one of: {', '.join(SOURCES)}")
+        raise SettingsError("tls", f"{value!r} is not a source of the TLS pair",
+                            f"set tls to one of: {', '.join(SOURCES)}")
     if files and value != "files":
         raise SettingsError("tls", f"is {value!r} but tls_cert and tls_key are set",
                             "remove tls_cert and tls_key, or set tls to 'files'")
@@ -418,7 +419,8 @@ def _cert_probe(platform: Platform, settings: Settings) -> str:
     it is self-signed (its issuer is its subject)."""
     cert = shlex.quote(paths(platform)[0])
     x509 = f"openssl x509 -noout -nameopt RFC2253 -in {cert} 2>/dev/null"
-    return (f"[ -f {cert} ] && printf 'cert\\t%s\\t%s\\t%s\\t%s\\n' \"$(openssl x509 -noout -subject -nameopt multiline "
+    return (f"[ -f {cert} ] && printf 'cert\\t%s\\t%s\\t%s\\t%s\\n' "
+            f"\"$(openssl x509 -noout -subject -nameopt multiline "
             f"-in {cert} 2>/dev/null | sed -n 's/^ *commonName *= *//p')\" "
             f"\"$({platform.shell.sha256} < {cert} | cut -c1-64)\" "
             f"\"$(openssl x509 -noout -checkend {RENEW_DAYS * 86400} -in {cert} >/dev/null 2>&1 "
