@@ -10,6 +10,15 @@ For backup.py and restore.py, ``remote()`` stands in for recovery's Remote (the 
 side): it answers the recovery scripts from the model's state (homes, hashes, the files
 under the backed-up paths, as NetBSD's find, stat -f, awk and openssl print them), writes
 the ustar stream ``pax -w`` would, and applies the one ``pax -r -k -pe`` reads.
+
+Under ``tls: acme``, pkgsrc's certbot (``certbot certonly``) issues the lineage from a model
+CA (real certificates, so openssl reads them) and runs the deploy hook qmailhost wrote, line
+by line, in certbot's environment: the pair installed, then (unless QMAILHOST_INSTALL_ONLY is
+set, as the deploy sets it for certonly and for its own run of the hook) each reader's reload
+or restart and stamp, commands the model must know. Root's crontab is NetBSD's, edited as
+pyinfra 3's server.crontab does (crontab -l into a temporary file, echo or sed -i.SUFFIX,
+crontab FILE; a cron_name is a "# pyinfra-name=NAME" comment line above its entry);
+``issue()`` stands for a renewal by cron, ``run_hook()`` for the hook certbot renew runs.
 """
 
 from __future__ import annotations
@@ -21,8 +30,11 @@ import io
 import re
 import secrets
 import shlex
+import subprocess
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from unittest import mock
 
 from harness.plan_harness import DEFAULT, plan_deploy
@@ -42,6 +54,34 @@ STAMPS = "/var/lib/qmailhost/stamps"
 RESTORE_HASHES = "/root/.qmailhost-chpasswd-restore"
 QUEUE = "/var/qmail/queue"
 MTIME_NS = 1_700_000_000_123_456_789  # the mtime of what the model made without saying when
+# certbot from pkgsrc (security/py-certbot, a binary package from pkgin): the package's name is
+# PYPKGPREFIX-certbot for pkgsrc's default Python (lang/python/pyversion.mk: 313), and it
+# installs its program as bin/certbot-PYVERSSUFFIX (PLIST; bin/certbot is only the
+# pkg_alternatives wrapper, made when pkg_alternatives is installed). Its paths are
+# substituted to PKG_SYSCONFDIR/letsencrypt and VARBASE/letsencrypt (Makefile's SUBST).
+CERTBOT_PACKAGE = "py313-certbot"
+CERTBOT = "/usr/pkg/bin/certbot-3.13"
+LETSENCRYPT = {"config": "/usr/pkg/etc/letsencrypt", "work": "/var/letsencrypt", "logs": "/var/letsencrypt/log"}
+LINEAGE = "qmailhost"  # the lineage's name (--cert-name)
+ACME_DIR = "/usr/pkg/etc/qmailhost/acme"  # qmailhost's hook and renewal script
+INSTALL_ONLY = "QMAILHOST_INSTALL_ONLY"  # set in the hook's environment: it installs the pair, nothing more
+TLS_DIR = "/usr/pkg/etc/qmailhost/tls"
+# root's crontab as NetBSD installs it (src/etc/crontab as /var/cron/tabs/root)
+ROOT_CRONTAB = [
+    "SHELL=/bin/sh",
+    "PATH=/bin:/sbin:/usr/bin:/usr/sbin",
+    "HOME=/var/log",
+    "#",
+    "#minute\thour\tmday\tmonth\twday\tcommand",
+    "#",
+    "*/10\t*\t*\t*\t*\t/usr/libexec/atrun",
+    "#",
+    "0\t*\t*\t*\t*\t/usr/bin/newsyslog",
+    "#",
+    "15\t3\t*\t*\t*\t/bin/sh /etc/daily 2>&1 | tee /var/log/daily.out | sendmail -t",
+    "30\t4\t*\t*\t6\t/bin/sh /etc/weekly 2>&1 | tee /var/log/weekly.out | sendmail -t",
+    "#30\t1\t1\t*\t*\t/bin/sh /etc/monthly 2>&1 | tee /var/log/monthly.out | sendmail -t",
+]
 
 
 PASSWORD_ENV = "QMAILHOST_TEST_PASSWORD"  # the test account's password source (a test sets it)
@@ -85,9 +125,12 @@ class NetBSDHost:
     stamps: dict[str, str] = field(default_factory=dict)
     rc_scripts: set[str] = field(default_factory=lambda: {"postfix"})
     running: set[str] = field(default_factory=lambda: {"postfix"})
-    cert: dict | None = None  # the self-signed certificate: {"cn", "sha256", "renew", "self"}
-    acme: dict | None = None  # certbot's lineage: {"cn", "sha256"} (the acme probe)
-    acme_cron: bool = False  # root's crontab runs the ACME renewal
+    cert: dict | None = None  # the pair's certificate (the tls probe): {"cn", "sha256", "renew", "self"}
+    acme: dict | None = None  # certbot's lineage: {"cn", "sha256"} (the acme probe); see issue()
+    crontab: list[str] = field(default_factory=lambda: list(ROOT_CRONTAB))  # root's, as `crontab -l` prints it
+    orders: list[dict] = field(default_factory=list)  # what certbot certonly asked the CA, in order
+    # each run of the deploy hook: {"lineage": what it installed, "install_only": whether INSTALL_ONLY was set}
+    hook_runs: list[dict] = field(default_factory=list)
     # Whether a spamdyke built with the tls option has TLS compiled in (its version line says
     # "+TLS"): False is a build whose configure left HAVE_LIBSSL undefined.
     spamdyke_tls_compiled: bool = True
@@ -97,7 +140,9 @@ class NetBSDHost:
     tmda_archive: dict | None = None
     executed: list[str] = field(default_factory=list)
     reloaded: list[str] = field(default_factory=list)  # rc.d services reloaded while running, in order
+    restarted: list[str] = field(default_factory=list)  # rc.d services restarted while running, in order
     _uploads: dict[str, str] = field(default_factory=dict)
+    _temp: dict[str, list[str]] = field(default_factory=dict)  # pyinfra's temporary files (crontab edits)
     # Recovery (backup.py, restore.py): what the recovery scripts and streams see.
     hashes: dict[str, str] = field(default_factory=dict)  # user -> its whole hash in /etc/master.passwd
     tree: dict[str, dict] = field(default_factory=dict)  # path -> {type, data, mode, user, group, mtime_ns}
@@ -159,6 +204,12 @@ class NetBSDHost:
     def _fact_HostState(self, script):
         assert "openssl dgst -sha256 -r" in script and "/etc/master.passwd" in script, script
         assert "sha256sum" not in script and "getent shadow" not in script, script
+        # acme/'s probes, read where pkgsrc's certbot keeps its lineage and where cron reads root's crontab
+        live = f"{LETSENCRYPT['config']}/live/{LINEAGE}"
+        assert f"[ -f {LETSENCRYPT['config']}/renewal/{LINEAGE}.conf ] && [ -f {live}/fullchain.pem ]" in script, \
+            script
+        assert f"openssl dgst -sha256 -r < {live}/fullchain.pem" in script, script
+        assert f"crontab -l 2>/dev/null | grep -qF {ACME_DIR}/renew && echo acme_cron" in script, script
         users = re.search(r"for u in (.*); do", script)[1].split()
         mode = self.contents.get("/var/lib/qmailhost/submission-mode")
         return {"systemd": False, "svscan": False, "stamps": dict(self.stamps),
@@ -167,6 +218,21 @@ class NetBSDHost:
                 "cert": copy.deepcopy(self.cert),
                 "acme": copy.deepcopy(self.acme), "acme_cron": self.acme_cron,
                 "dovecot": self.dovecot_version.split()[0] if "dovecot" in self.packages else None}
+
+    @property
+    def acme_cron(self) -> bool:
+        """Does root's crontab name the ACME renewal script (what the acme_cron probe greps)?"""
+        return any(f"{ACME_DIR}/renew" in line for line in self.crontab)
+
+    def _fact_Crontab(self, user):
+        """root's crontab as pyinfra's Crontab fact parses `crontab -l -u root || true`."""
+        from pyinfra.facts.crontab import Crontab
+
+        assert user == "root", user
+        return Crontab().process(list(self.crontab))
+
+    def _fact_TmpDir(self):
+        return ""  # ssh sessions on NetBSD have no TMPDIR: pyinfra's default, /tmp
 
     def _fact_Accounts(self):
         return {"users": copy.deepcopy(self.users), "groups": {g: str(100 + i) for i, g in enumerate(sorted(self.groups))}}
@@ -198,8 +264,11 @@ class NetBSDHost:
     def _write(self, path: str, data: str, mode: str, user: str, group: str) -> None:
         self.contents[path] = data
         self.files[path] = {"sha256": sha256(data), "mode": mode.lstrip("0"), "user": user, "group": group}
-        if path == "/usr/pkg/etc/qmailhost/tls/cert.pem" and self.cert:  # what the tls probe reads
-            self.cert = {**self.cert, "sha256": sha256(data)}
+        if path == f"{TLS_DIR}/cert.pem":  # what the tls probe reads
+            if subject := _subject_and_issuer(data.encode()):  # a real certificate (a restored ACME one)
+                self.cert = {"cn": subject[0], "sha256": sha256(data), "renew": False, "self": subject[0] == subject[1]}
+            elif self.cert:
+                self.cert = {**self.cert, "sha256": sha256(data)}
 
     def _run(self, command: str) -> None:  # noqa: C901 (one branch per command qmailhost plans)
         if m := re.fullmatch(r"chown (\S+):(\S+) (\S+)\.qmailhost-new && chmod (\d+) \3\.qmailhost-new "
@@ -222,6 +291,11 @@ class NetBSDHost:
             self.stamps[stamp] = f"{digest} {self.files[cdb]['sha256']}"
         elif re.fullmatch(r"\(umask 077 && rm -f (\S+) && : > \1\)", command):
             pass  # an empty private file, filled by the upload that follows
+        elif command == _LINEAGE_LINKS:  # restore.py: live/ linked to the newest archive files again
+            live = f"{LETSENCRYPT['config']}/live/{LINEAGE}"
+            assert f"{LETSENCRYPT['config']}/renewal/{LINEAGE}.conf" in self.entries(), "no renewal config restored"
+            cert, fullchain = (self.lineage_file(live, name) for name in ("cert", "fullchain"))
+            self.acme = {"cn": _common_name(cert), "sha256": hashlib.sha256(fullchain).hexdigest()}
         elif command.startswith("mkdir -p "):
             path = command.split()[2]
             if command == f"mkdir -p {path}":  # (a directory of its own: ops.directory sets its owner next)
@@ -284,6 +358,8 @@ class NetBSDHost:
             self.rc_scripts.add(m[1])
         elif m := re.fullmatch(r"/etc/rc.d/(\w+) (start|restart)", command):
             assert m[1] in self.rc_scripts, f"no rc.d script for {command}"
+            if m[2] == "restart" and m[1] in self.running:
+                self.restarted.append(m[1])
             self.running.add(m[1])
         elif m := re.fullmatch(r"/etc/rc.d/(\w+) onestop", command):
             self.running.discard(m[1])
@@ -305,6 +381,8 @@ class NetBSDHost:
         elif m := re.fullmatch(r"if /etc/rc.d/(\w+) onestatus >/dev/null 2>&1; then /etc/rc.d/\1 restart; fi",
                                command):
             assert m[1] in self.rc_scripts, f"no rc.d script for {command}"  # a restart only if it runs
+            if m[1] in self.running:
+                self.restarted.append(m[1])
         elif command == f"umask 077 && : > {RESTORE_HASHES}":
             pass  # the (empty, private) file the restored hashes are uploaded into
         elif command.startswith(f"chmod 600 {RESTORE_HASHES} ") and "pwd_mkdb -p /etc/ptmp" in command:
@@ -351,8 +429,128 @@ class NetBSDHost:
             assert self.tmda_archive and self.tmda_archive["archive"] == m[1]
             self.tmda_archive["restored"] = True
             self.tmda_pieces = [p for p in self.tmda_archive["pieces"] if p[0] not in ("package", "user", "group")]
+        elif m := re.fullmatch(r"crontab -l -u root > (/tmp/pyinfra-[0-9a-f]+)", command):
+            self._temp[m[1]] = list(self.crontab)  # (pyinfra lists it only when it has entries)
+        elif m := re.fullmatch(r"echo (\S+|'[^']*') >> (/tmp/pyinfra-[0-9a-f]+)", command):
+            self._temp.setdefault(m[2], []).append(shlex.split(m[1])[0])
+        elif m := re.fullmatch(r"sed -i\.(\d+) '(/(?:[^/\\']|\\/)*/d|s/(?:[^/\\']|\\.)*/(?:[^/\\']|\\.)*/)' "
+                               r"(/tmp/pyinfra-[0-9a-f]+) && rm -f \3\.\1", command):
+            self._temp[m[3]] = _sed(m[2], self._temp[m[3]])  # NetBSD's sed -i takes the suffix attached
+        elif m := re.fullmatch(r"crontab -u root (/tmp/pyinfra-[0-9a-f]+)", command):
+            self.crontab = self._temp.pop(m[1])
+        elif m := re.fullmatch(_CERTONLY, command):
+            self._certonly(m)
+        elif m := re.fullmatch(rf"(?:({INSTALL_ONLY})=1 )?({ACME_DIR}/deploy-hook)", command):
+            self.run_hook(m[2], install_only=bool(m[1]))
         else:
             raise AssertionError(f"the NetBSD model does not know what this does: {command}")
+
+    # --- certbot (security/py-certbot) and qmailhost's deploy hook
+    def issue(self, domain: str, days: int = 90) -> None:
+        """What certbot does when the CA issues the lineage a certificate for DOMAIN (a real one,
+        from a model CA: openssl can read it): the next files in archive/ (live/ links to
+        them), the renewal config; the acme probe sees the lineage's name and full chain."""
+        config = LETSENCRYPT["config"]
+        archive = f"{config}/archive/{LINEAGE}"
+        n = 1 + max((int(m[1]) for p in self.entries() if (m := re.fullmatch(rf"{archive}/cert(\d+)\.pem", p))),
+                    default=0)
+        cert, chain, key = _issued(domain, days)
+        for path in (config, f"{config}/accounts", f"{config}/archive", archive, f"{config}/renewal"):
+            self.tree.setdefault(path, _entry("dir", b"", "700" if "archive" in path or "accounts" in path
+                                              else "755", "root", "wheel"))
+        for name, data, mode in (("cert", cert, "644"), ("chain", chain, "644"), ("fullchain", cert + chain, "644"),
+                                 ("privkey", key, "600")):
+            self.tree[f"{archive}/{name}{n}.pem"] = _entry("file", data, mode, "root", "wheel")
+        self.tree[f"{config}/renewal/{LINEAGE}.conf"] = _entry(
+            "file", f"archive_dir = {archive}\ncert = {config}/live/{LINEAGE}/cert.pem\n".encode(), "644",
+            "root", "wheel")
+        self.acme = {"cn": domain, "sha256": hashlib.sha256(cert + chain).hexdigest()}
+
+    def lineage_file(self, live: str, name: str) -> bytes:
+        """What live/NAME.pem of the lineage in LIVE reads: its newest file in archive/ (certbot's
+        own, or one restore.py put back)."""
+        assert live == f"{LETSENCRYPT['config']}/live/{LINEAGE}", live
+        archive, entries = live.replace("/live/", "/archive/"), self.entries()
+        found = sorted((int(m[1]), p) for p in entries if (m := re.fullmatch(rf"{archive}/{name}(\d+)\.pem", p)))
+        assert found, f"no {name}.pem in the lineage {live}"
+        return entries[found[-1][1]]["data"]
+
+    def _certonly(self, m: re.Match) -> None:
+        """certbot certonly --standalone: the CA validates the name on port 80, issues the lineage,
+        and certbot runs the deploy hook (RENEWED_LINEAGE: the lineage's live/ directory) in its
+        own environment: INSTALL_ONLY, when the command sets it, reaches the hook."""
+        assert m["certbot"] == CERTBOT, f"pkgsrc's certbot is {CERTBOT}, not {m['certbot']}"
+        assert CERTBOT_PACKAGE in self.packages, f"certbot runs before {CERTBOT_PACKAGE} is installed"
+        assert (m["config"], m["work"], m["logs"]) == (LETSENCRYPT["config"], LETSENCRYPT["work"], LETSENCRYPT["logs"])
+        assert m["name"] == LINEAGE, m["name"]
+        if m["bundle"]:
+            assert m["bundle"] in self.contents, f"REQUESTS_CA_BUNDLE={m['bundle']}: no such file yet"
+        hook = self.files.get(m["hook"])
+        assert hook and hook["mode"] == "700" and hook["user"] == "root", f"the deploy hook {m['hook']}: {hook}"
+        self.orders.append({"domain": m["domain"], "email": shlex.split(m["email"])[0],
+                            "server": shlex.split(m["server"])[0], "ca_bundle": m["bundle"]})
+        self.issue(m["domain"])
+        self.run_hook(m["hook"], renewed_lineage=f"{LETSENCRYPT['config']}/live/{LINEAGE}",
+                      install_only=bool(m["install_only"]))
+
+    def run_hook(self, path: str = f"{ACME_DIR}/deploy-hook", renewed_lineage: str | None = None,
+                 install_only: bool = False) -> None:
+        """Run the deploy hook qmailhost wrote, line by line as sh -e would: the lineage's pair put
+        where the listeners read it (the key private from its first byte), then, unless
+        QMAILHOST_INSTALL_ONLY is set in its environment (INSTALL_ONLY: the deploy's runs), each
+        reader's commands (commands the model knows, so a reader re-read in a way NetBSD cannot
+        fails). Without arguments: the hook as certbot renew runs it (renew.sh, from cron)."""
+        assert self.files[path]["mode"] == "700", self.files[path]
+        lineage = cwd = None
+        new: dict[str, dict] = {}
+        block = None  # inside `if ...; then ... fi`: whether its condition held
+        for line in self.contents[path].splitlines():
+            if not line.strip() or line.lstrip().startswith("#") or line == "set -e":
+                continue
+            if line == f'if [ -n "${{{INSTALL_ONLY}:-}}" ]; then':
+                assert block is None, "the model reads no nested if"
+                block = install_only
+                continue
+            if line == "fi":
+                assert block is not None, "fi without if"
+                block = None
+                continue
+            if block is not None:  # the install-only branch: its lines are indented
+                assert line.startswith("    "), line
+                if not block:
+                    continue
+                line = line.strip()
+                if line == "exit 0":
+                    return
+                assert line.startswith('echo "qmailhost: installed the certificate of $lineage'), line
+                continue
+            if m := re.fullmatch(r"lineage=\$\{RENEWED_LINEAGE:-(\S+)\}", line):
+                lineage = renewed_lineage or m[1]
+            elif m := re.fullmatch(r"mkdir -p (\S+) && cd \1", line):
+                cwd = m[1]
+            elif line == "umask 077":
+                pass
+            elif m := re.fullmatch(r'cp "\$lineage/(privkey|fullchain)\.pem" (key|cert)\.pem\.qmailhost-new'
+                                   r"(?: && chmod (\d+) \2\.pem\.qmailhost-new)?", line):
+                new[m[2]] = _entry("file", self.lineage_file(lineage, m[1]), m[3] or "600", "root", "wheel")
+            elif m := re.fullmatch(r"chgrp (\w+) key\.pem\.qmailhost-new && chmod (\d+) key\.pem\.qmailhost-new", line):
+                assert m[1] in self.groups, f"chgrp: {m[1]}: no such group"
+                new["key"].update(group=m[1], mode=m[2])
+            elif line == "mv -f key.pem.qmailhost-new key.pem && mv -f cert.pem.qmailhost-new cert.pem":
+                assert cwd == TLS_DIR, cwd
+                for name, entry in new.items():
+                    path_ = f"{cwd}/{name}.pem"
+                    self.tree[path_] = entry
+                    self.files[path_] = {"sha256": hashlib.sha256(entry["data"]).hexdigest(), "mode": entry["mode"],
+                                         "user": entry["user"], "group": entry["group"]}
+                self.cert = {"cn": _common_name(new["cert"]["data"]),
+                             "sha256": hashlib.sha256(new["cert"]["data"]).hexdigest(), "renew": False,
+                             "self": False}  # (the tls probe: a full chain whose issuer is the CA)
+                self.hook_runs.append({"lineage": lineage, "install_only": install_only})
+            elif line.startswith('echo "qmailhost: serving the certificate of $lineage; re-read by '):
+                pass
+            else:
+                self._run(line)  # a reader's reload or restart, its stamp measured again
 
     # --- recovery: what backup.py and restore.py ask the host (through remote())
     def remote(self, name: str = "mail.example.org") -> ModelRemote:
@@ -507,6 +705,65 @@ def vis(name: bytes) -> str:
 def _shell_words(text: str) -> list[str]:
     """The words of a for list, each as written (quotes kept: the model expands them itself)."""
     return re.findall(r"(?:[^\s'\\]|'[^']*'|\\.)+", text)
+
+
+_CERTONLY = (rf"(?:(?P<install_only>{INSTALL_ONLY})=1 )?(?:REQUESTS_CA_BUNDLE=(?P<bundle>\S+) )?"
+             r"(?P<certbot>\S+) certonly --standalone "
+             r"--preferred-challenges http --http-01-port 80 --non-interactive --agree-tos --no-eff-email "
+             r"--email (?P<email>\S+) --server (?P<server>\S+) --cert-name (?P<name>\S+) -d (?P<domain>\S+) "
+             r"--key-type rsa --rsa-key-size 3072 --deploy-hook (?P<hook>\S+) "
+             r"--config-dir (?P<config>\S+) --work-dir (?P<work>\S+) --logs-dir (?P<logs>\S+)")
+
+
+_LINEAGE_LINKS = (
+    f"mkdir -p {LETSENCRYPT['config']}/live/{LINEAGE} && cd {LETSENCRYPT['config']}/live/{LINEAGE} && "
+    f"for f in cert chain fullchain privkey; do n=$(ls ../../archive/{LINEAGE} | "
+    "sed -n \"s/^$f\\([0-9][0-9]*\\)\\.pem$/\\1/p\" | sort -n | tail -1); "
+    f"[ -n \"$n\" ] && ln -sfn ../../archive/{LINEAGE}/$f$n.pem $f.pem; done; true")
+
+
+def _issued(domain: str, days: int) -> tuple[bytes, bytes, bytes]:
+    """(certificate, the CA's certificate, key): a certificate for DOMAIN from a model CA, valid
+    for DAYS from now (EC keys: cheap to make)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        for args in (["-days", "3650", "-subj", "/CN=Model ACME CA", "-keyout", "ca.key", "-out", "ca.pem"],
+                     ["-days", str(days), "-subj", f"/CN={domain}", "-addext", f"subjectAltName=DNS:{domain}",
+                      "-CA", "ca.pem", "-CAkey", "ca.key", "-keyout", "key.pem", "-out", "cert.pem"]):
+            subprocess.run(["openssl", "req", "-x509", *new_key, *args], check=True, capture_output=True,
+                           cwd=scratch)
+        return tuple((Path(scratch) / name).read_bytes() for name in ("cert.pem", "ca.pem", "key.pem"))
+
+
+def _common_name(pem: bytes) -> str:
+    return _subject_and_issuer(pem)[0]
+
+
+def _subject_and_issuer(pem: bytes) -> tuple[str, str] | None:
+    """The common names of a PEM certificate's subject and issuer; None when it is not one openssl reads."""
+    if not pem.startswith(b"-----BEGIN CERTIFICATE-----\nMII"):
+        return None  # (the model's own stand-ins for openssl's output are not)
+    result = subprocess.run(["openssl", "x509", "-noout", "-subject", "-issuer", "-nameopt", "multiline"],
+                            input=pem, capture_output=True, check=True)
+    names = re.findall(rb"commonName\s*=\s*(\S+)", result.stdout)
+    return names[0].decode(), names[1].decode()
+
+
+def _sed(script: str, lines: list[str]) -> list[str]:
+    """LINES after sed's '/RE/d' or 's/RE/REPLACEMENT/' (the basic REs pyinfra's crontab
+    writes: literal text, \\/ and .*). A \\n in REPLACEMENT is a newline (NetBSD's sed,
+    compile.c's unescape(): pyinfra puts a cron_name's comment line above a line it rewrites)."""
+    def regex(text: str) -> str:
+        assert re.fullmatch(r"(?:[\w .*>&:=-]|\\/)*", text), f"a basic RE the model does not read: {text}"
+        return "".join(".*" if part == ".*" else re.escape(part.replace("\\/", "/"))
+                       for part in re.split(r"(\.\*)", text) if part)
+
+    if m := re.fullmatch(r"/((?:[^/\\]|\\/)*)/d", script):
+        return [line for line in lines if not re.search(regex(m[1]), line)]
+    m = re.fullmatch(r"s/((?:[^/\\]|\\.)*)/((?:[^/\\]|\\.)*)/", script)
+    assert m[1].startswith(".*") and m[1].endswith(".*"), f"not a whole-line replacement: {script}"
+    replacement = re.sub(r"\\(.)", lambda e: "\n" if e[1] == "n" else e[1], m[2]).split("\n")
+    return [new for line in lines for new in (replacement if re.search(regex(m[1]), line) else [line])]
 
 
 # The recovery scripts the model answers: NetBSD's tools, spelt exactly (any other script,
