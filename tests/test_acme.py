@@ -12,6 +12,7 @@ and the status checks warn, naming the failure."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import imaplib
 import os
@@ -24,7 +25,7 @@ import time
 import pytest
 
 from harness import acme, imap, sandbox
-from harness.mail import message, submit
+from harness.mail import message
 from harness.pyinfra_cli import predicted_and_real, pyinfra
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
@@ -90,6 +91,17 @@ def served(host, root) -> dict[int, str]:
     return found
 
 
+def submit_verified(root, msg) -> None:
+    """Submit MSG on 587 as a mail client set to this host does: by name, STARTTLS verifying
+    the chain against ROOT and the name, EHLO again, log in with what it offers."""
+    with smtplib.SMTP(NAME, 587, timeout=30) as client:
+        client.ehlo("laptop.test")
+        client.starttls(context=verifying(root))
+        client.ehlo("laptop.test")
+        client.login(USER, password())
+        client.send_message(msg)
+
+
 def _leaf(sock) -> str:
     return hashlib.sha256(sock.getpeercert(binary_form=True)).hexdigest()
 
@@ -142,21 +154,26 @@ def test_a_forced_renewal_is_served_everywhere_within_seconds_while_mail_is_subm
     pids = host.service_pids()
     accepted, refused, stop = [], [], threading.Event()
 
-    def keep_submitting():
+    def keep_submitting():  # each session verifies the certificate it is shown, old or new
         while not stop.is_set():
             msg = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
             try:
-                submit(host, USER, password(), msg)
+                submit_verified(root, msg)
                 accepted.append(msg["Subject"])
             except (OSError, smtplib.SMTPException) as error:
                 refused.append((time.monotonic(), repr(error)))
             time.sleep(0.05)
 
+    # The clients reach the host by its name for the whole test (served() nests inside).
+    by_name = contextlib.ExitStack()
+    by_name.enter_context(imap.resolving(NAME, host.address))
     # Sessions in flight across the renewal: a mail client logged in on 587, one on IMAP.
-    in_flight = smtplib.SMTP(host.address, 587, timeout=30)
-    in_flight.starttls(context=ssl._create_unverified_context())
+    in_flight = smtplib.SMTP(NAME, 587, timeout=30)
+    in_flight.ehlo("laptop.test")
+    in_flight.starttls(context=verifying(root))
+    in_flight.ehlo("laptop.test")
     in_flight.login(USER, password())
-    reader = imaplib.IMAP4_SSL(host.address, 993, ssl_context=ssl._create_unverified_context(), timeout=30)
+    reader = imaplib.IMAP4_SSL(NAME, 993, ssl_context=verifying(root), timeout=30)
     reader.login(USER, password())
     reader.select("INBOX")
     submitter = threading.Thread(target=keep_submitting, daemon=True)
@@ -177,6 +194,7 @@ def test_a_forced_renewal_is_served_everywhere_within_seconds_while_mail_is_subm
     finally:
         stop.set()
         submitter.join(timeout=60)
+        by_name.close()
     # the sessions opened before the renewal still work after it
     late = message(f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}")
     in_flight.send_message(late)

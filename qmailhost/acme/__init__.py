@@ -166,15 +166,10 @@ def _restorable(settings: Settings, platform: Platform) -> Path | None:
 
 
 @operation()
-def certificate_ordered(command: str, hostname: str, restorable: str | None):
-    """A certificate for HOSTNAME from the CA, when the host holds none for that name (and the
-    newest backup holds none that restore.py would put back)."""
-    lineage = host_state()["acme"]
-    if lineage is not None and lineage["cn"] == hostname:
-        host.noop(f"the host holds an ACME certificate for {hostname}")
-        return
-    if lineage is None and restorable:
-        host.noop(f"the backup {restorable} holds a valid certificate for {hostname}: restore.py serves it")
+def certificate_ordered(command: str, needed: bool, why_not: str):
+    """A certificate from the CA (COMMAND) when NEEDED (decided once, by configure); else WHY_NOT."""
+    if not needed:
+        host.noop(why_not)
         return
     yield command
 
@@ -203,7 +198,9 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair | None) -> 
 
     lineage, installed = host_state()["acme"], host_state()["cert"]
     restorable = _restorable(settings, platform) if lineage is None else None
-    order = lineage is None and not restorable or lineage is not None and lineage["cn"] != settings.hostname
+    order = lineage["cn"] != settings.hostname if lineage else not restorable
+    why_not = (f"the host holds an ACME certificate for {settings.hostname}" if lineage else
+               f"the backup {restorable} holds a valid certificate for {settings.hostname}: restore.py serves it")
     # Run by the deploy (or by certbot under it), the hook installs the pair only: the deploy's
     # own restarts and reloads re-read it, once, as the dry run says (INSTALL_ONLY).
     trust = f"REQUESTS_CA_BUNDLE={shlex.quote(mine['ca'])} " if settings.acme_ca_bundle else ""
@@ -215,24 +212,24 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair | None) -> 
                  f"--server {shlex.quote(settings.acme_directory)} --cert-name {LINEAGE} "
                  f"-d {settings.hostname} --key-type rsa --rsa-key-size 3072 --deploy-hook {mine['hook']} "
                  f"{_dirs(paths)}"),
-        hostname=settings.hostname, restorable=str(restorable) if restorable else None)
+        needed=order, why_not=why_not)
+    now = installed["sha256"] if installed else None  # the pair's digest now; None: this run puts another
     if order:
-        return tls.Pair("acme", measured=(tls.measure(platform, cert), None))
-    if lineage is None:  # held back for restore.py: a stand-in until then, if the host has no pair at all
+        now = None  # the hook installs what certbot issues
+    elif lineage is None:  # held back for restore.py: a stand-in until then, if the host has no pair at all
         host.log(f"The newest backup ({restorable}) holds a valid certificate for {settings.hostname}: no new "
                  "order (CAs limit duplicates); restore.py puts it back", logger.warning)
         if installed is None:
             tls.self_signed_certificate(name=f"Make a self-signed certificate for {settings.hostname} (until "
                                              "restore.py)", hostname=settings.hostname, cert=cert, key=key)
-            return tls.Pair("acme", measured=(tls.measure(platform, cert), None))
-        return tls.Pair("acme", measured=(tls.measure(platform, cert), installed["sha256"]))
-    if installed is None or installed["sha256"] != lineage["sha256"]:
+    elif now != lineage["sha256"]:
         server.shell(name="Install the ACME certificate where the TLS listeners read it",
                      commands=[f"{INSTALL_ONLY}=1 {mine['hook']}"])
-        return tls.Pair("acme", measured=(tls.measure(platform, cert), None))
-    ops.permissions(name="Let only root and qmailtls read the TLS key", path=key, mode=tls.KEY_MODE,
-                    user="root", group=tls.KEY_GROUP)
-    return tls.Pair("acme", measured=(tls.measure(platform, cert), installed["sha256"]))
+        now = None
+    else:
+        ops.permissions(name="Let only root and qmailtls read the TLS key", path=key, mode=tls.KEY_MODE,
+                        user="root", group=tls.KEY_GROUP)
+    return tls.Pair("acme", measured=(tls.measure(platform, cert), now))
 
 
 def renewal(platform: Platform, settings: Settings) -> None:

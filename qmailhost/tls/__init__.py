@@ -46,7 +46,7 @@ from qmailhost.core.checks import (
     one_line,
     tls_context,
 )
-from qmailhost.core.component import BackupPart, Component, Probe, Setting
+from qmailhost.core.component import BackupPart, Component, Probe, Setting, components
 from qmailhost.core.facts import host_state
 from qmailhost.core.platform import Platform
 from qmailhost.core.settings import Settings, SettingsError
@@ -250,8 +250,6 @@ def reader_commands(platform: Platform) -> list[tuple[str, str, list[str]]]:
     ("Reload", or "Restart" where its rc.d script cannot reload), its service, and the
     commands that do so if it runs, then measure its stamp again (so the next deploy restarts
     nothing). What a renewal's hook (acme/) and a restore run after replacing the pair."""
-    from qmailhost.core.component import components
-
     backend = services.backend(platform)
     measured = measure(platform, paths(platform)[0])  # as configure() measures it
     stamps = {"restart": backend.restart_stamp, "reload": backend.reload_stamp}
