@@ -17,6 +17,7 @@ from qmailhost import (
     accounts,
     acme,
     checkpassword,
+    dkim,
     imap,
     mess822,
     qmail,
@@ -41,7 +42,8 @@ checksums = {name: distfile.sha512 for name, (distfile, _) in fetched.items()}
 facts.watch(settings, platform)
 
 # Packages, users, sources
-packages.install(platform, (*mode.packages, *imap.packages(platform, settings), *acme.packages(platform, settings)))
+packages.install(platform, (*mode.packages, *imap.packages(platform, settings), *acme.packages(platform, settings),
+                            *dkim.packages(platform, settings)))
 tmda.converge(platform, mode)  # before anything listens on 587: TMDA's stunnel stanza may hold it
 qmail.users(platform)
 submission.user(platform)
@@ -55,17 +57,18 @@ spamdyke.install(platform, distfiles, checksums)
 builds.run_all()  # side by side, each only when its inputs changed
 
 # Configuration
-control = qmail.configure(platform, settings)
+control = qmail.configure(platform, settings, remote=dkim.signer(platform, settings))
 qmail.outbound_tls.configure(platform, settings)
 qmail.aliases(platform, settings)
 qmail.sendmail(platform)
 accounts.configure(platform, settings)
+dkim.configure(platform, settings)  # keys made once; the signer qmail-send runs, the inbound filter
 tls_pair = tls.configure(platform, settings)  # self-signed, or the laptop's
 tls_pair = acme.configure(platform, settings, tls_pair)  # under tls: acme, the CA's
 
 # Services (daemontools or rc.d: qmailhost/backends/services.py)
 services.backend(platform).supervisor(platform)
-qmail.service(platform, control, qmail.build_identity(checksums))
+qmail.service(platform, control, qmail.build_identity(checksums), remote=dkim.signer(platform, settings))
 resolver.configure(platform, settings)
 smtpd.configure(platform, settings)
 submission.configure(platform, settings, mode)

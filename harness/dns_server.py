@@ -1,6 +1,7 @@
-"""A tiny authoritative-looking DNS server for tests: answers A, AAAA, MX, TXT and PTR
-from a zone ({(name, type): [values]}) or a function of (name, type), NXDOMAIN otherwise,
-over UDP on ADDRESS (loopback, or the host side of a sandbox's veth) and a port of its own.
+"""A tiny authoritative-looking DNS server for tests: answers A, AAAA, MX, TXT, SRV and PTR
+from a zone ({(name, type): [values]}) or a function of (name, type), NXDOMAIN otherwise
+(SERVFAIL when a zone function raises: a name server that fails), over UDP on
+ADDRESS (loopback, or the host side of a sandbox's veth) and a port of its own.
 Used as the laptop's resolver for the DNS checks, and as the upstream of a sandbox host's
 unbound (a blocklist that answers like Spamhaus does to a shared resolver)."""
 
@@ -11,14 +12,16 @@ import struct
 import threading
 from collections.abc import Callable
 
-TYPES = {"A": 1, "NS": 2, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28}
+TYPES = {"A": 1, "NS": 2, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33}
 
 
 def _name(name: str) -> bytes:
     return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".") if p) + b"\0"
 
 
-def _rdata(kind: str, value: str) -> bytes:
+def _rdata(kind: str, value) -> bytes:
+    """VALUE's wire form; a TXT value is one string, or a list of character-strings (as a zone's
+    ( "..." "..." ) gives them), each at most 255 bytes."""
     if kind == "A":
         return socket.inet_pton(socket.AF_INET, value)
     if kind == "AAAA":
@@ -26,7 +29,11 @@ def _rdata(kind: str, value: str) -> bytes:
     if kind == "MX":
         return struct.pack("!H", 10) + _name(value)
     if kind == "TXT":
-        return bytes([len(value)]) + value.encode()
+        strings = [value] if isinstance(value, str) else list(value)
+        return b"".join(bytes([len(s.encode())]) + s.encode() for s in strings)
+    if kind == "SRV":  # "priority weight port target"
+        priority, weight, port, target = value.split()
+        return struct.pack("!3H", int(priority), int(weight), int(port)) + _name(target.rstrip("."))
     return _name(value)
 
 
@@ -66,8 +73,12 @@ class DnsServer:
             name, end = _question(query)
             kind = kinds.get(struct.unpack_from("!H", query, end)[0], "?")
             self.asked.append((name.lower(), kind))
-            values = self.values(name.lower(), kind) if kind != "?" else []
-            header = struct.pack("!6H", ident, 0x8580 if values or name == "" else 0x8583, 1, len(values), 0, 0)
+            try:
+                values, flags = (self.values(name.lower(), kind) if kind != "?" else []), None
+            except Exception:
+                values, flags = [], 0x8582  # SERVFAIL
+            flags = flags or (0x8580 if values or name == "" else 0x8583)
+            header = struct.pack("!6H", ident, flags, 1, len(values), 0, 0)
             answers = b"".join(struct.pack("!HHHIH", 0xC00C, TYPES[kind], 1, 60, len(r)) + r
                                for r in (_rdata(kind, v) for v in values))
             self.sock.sendto(header + query[12:end + 4] + answers, peer)

@@ -217,7 +217,9 @@ class NetBSDHost:
                 "accounts": {u: self.accounts[u] for u in users if u in self.accounts},
                 "cert": copy.deepcopy(self.cert),
                 "acme": copy.deepcopy(self.acme), "acme_cron": self.acme_cron,
-                "dovecot": self.dovecot_version.split()[0] if "dovecot" in self.packages else None}
+                "dovecot": self.dovecot_version.split()[0] if "dovecot" in self.packages else None,
+                "dkim_keys": dict(getattr(self, "dkim_keys", {})),
+                "addresses": tuple(getattr(self, "addresses", ("192.0.2.25",)))}
 
     @property
     def acme_cron(self) -> bool:

@@ -144,25 +144,22 @@ def _validate(settings: Settings) -> None:
 def _restorable(settings: Settings, platform: Platform) -> Path | None:
     """The newest backup on this laptop when it holds this host's ACME lineage with a
     certificate for the host's name that is still valid (restore.py serves it again), else None."""
-    backups = recovery.backups_in(recovery.options(settings).backup_root)
-    if not backups:
+    newest = recovery.newest_backup(settings)
+    if newest is None:
         return None
-    try:
-        _header, records = recovery.read_manifest(backups[-1])
-    except recovery.RecoveryError:
-        return None
+    directory, records = newest
     by_path = {record.path: record for record in records}
     renewal = f"{PATHS[platform.name].config_dir}/renewal/{LINEAGE}.conf"
     cert = by_path.get(tls.paths(platform)[0])
     if renewal not in by_path or cert is None:
         return None
-    stored = str(backups[-1] / cert.stored)
+    stored = str(directory / cert.stored)
     # Two calls: openssl x509 stops after -checkend's answer and would never say whether the name matches.
     valid = subprocess.run(["openssl", "x509", "-noout", "-checkend", "0", "-in", stored], capture_output=True)
     named = subprocess.run(["openssl", "x509", "-noout", "-checkhost", settings.hostname, "-in", stored],
                            capture_output=True, text=True)
     ok = valid.returncode == 0 and named.returncode == 0 and "does match" in named.stdout
-    return backups[-1] if ok else None
+    return directory if ok else None
 
 
 @operation()

@@ -134,7 +134,19 @@ class Target:
 
     @cached_property
     def dns(self) -> Dns:
+        """The resolver the DNS checks ask: dns_server, else this laptop's."""
+        if self.settings.dns_server:
+            return Dns(*self.settings.dns_server)
         return Dns(resolv_conf_server())
+
+    @cached_property
+    def host_state(self) -> dict:
+        """The host's HostState (core/facts.py), read over SSH now: every component's probes."""
+        from qmailhost.core.facts import HostState
+
+        script = "\n".join(probe.script(self.platform, self.settings)
+                           for component in for_platform(self.platform) for probe in component.probes)
+        return HostState().process(self.run(script + "\ntrue").splitlines())
 
     @contextlib.contextmanager
     def smtp(self, port: int):

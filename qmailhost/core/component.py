@@ -3,7 +3,8 @@
 A component is a folder, qmailhost/<name>/, whose package defines ``COMPONENT``. It
 declares its settings (with defaults and validation), the paths it manages (listed in
 one round trip), the probes it adds to the one HostState fact, the services it runs
-and the ports it serves TLS on (for the status checks), its status checks, and what it adds to a backup. The core
+and the ports it serves TLS on (for the status checks), the DNS records it needs (printed by
+records.py, compared with DNS by the dns/ checks), its status checks, and what it adds to a backup. The core
 finds the folders itself (``components()``): adding a component is one new folder plus
 one line in deploy.py, never an edit to a central list.
 
@@ -99,6 +100,22 @@ class BackupPart:
     restore: Callable[[Any, Any, Any], None] | None = None
 
 
+@dataclass(frozen=True)
+class DnsRecord:
+    """A record the host needs in DNS: NAME (absolute, no final dot), TYPE ("MX", "A", "AAAA",
+    "TXT", "SRV"), VALUE in zone-file form without quotes (a TXT record's whole text, split
+    into strings only when printed), the dns_CHECK that compares it with what DNS publishes
+    and how bad it is when missing or different (SEVERITY: "error" or "warning"); COMMENT:
+    one line printed above it."""
+
+    name: str
+    type: str
+    value: str
+    check: str
+    severity: str = "error"
+    comment: str = ""
+
+
 def _none(*_args) -> tuple:
     return ()
 
@@ -115,6 +132,8 @@ class Component:
     checks: tuple[Callable, ...] = ()
     backup: BackupPart | None = None
     pair_readers: tuple[PairReader, ...] = ()
+    # (settings, host state: the HostState dict) -> the DNS records it needs
+    dns_records: Callable[[Any, dict], tuple[DnsRecord, ...]] = _none
 
 
 @cache

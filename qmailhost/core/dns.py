@@ -1,7 +1,7 @@
 """A minimal stub resolver (standard library only), for the status checks that ask DNS.
 
 ``Dns(server)`` asks one recursive resolver over UDP, a few seconds per question, for
-A, AAAA, MX, TXT, PTR and NS records; ``resolv_conf_server()`` finds this laptop's.
+A, AAAA, MX, TXT, SRV, PTR and NS records; ``resolv_conf_server()`` finds this laptop's.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class DnsError(Exception):
     pass
 
 
-RECORD_TYPES = {"A": 1, "NS": 2, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28}
+RECORD_TYPES = {"A": 1, "NS": 2, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33}
 
 
 def resolv_conf_server(path: str = "/etc/resolv.conf") -> str | None:
@@ -109,6 +109,9 @@ def _decode_record(reply: bytes, offset: int, length: int, kind: int) -> str:
         return socket.inet_ntop(socket.AF_INET6, data)
     if kind == RECORD_TYPES["MX"]:
         return _read_name(reply, offset + 2)[0]
+    if kind == RECORD_TYPES["SRV"]:  # "priority weight port target"
+        priority, weight, port = struct.unpack_from("!3H", reply, offset)
+        return f"{priority} {weight} {port} {_read_name(reply, offset + 6)[0]}"
     if kind == RECORD_TYPES["TXT"]:
         strings, at = [], 0
         while at < len(data):

@@ -420,6 +420,18 @@ def backups_in(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if _STAMP.match(p.name) and (p / MANIFEST).is_file())
 
 
+def newest_backup(settings: Settings) -> tuple[Path, list[Record]] | None:
+    """The newest complete backup on this laptop and its records (None: none, or it is damaged):
+    what a deploy of a bare host asks before making anew what restore.py would put back."""
+    backups = backups_in(options(settings).backup_root)
+    if not backups:
+        return None
+    try:
+        return backups[-1], read_manifest(backups[-1])[1]
+    except RecoveryError:
+        return None
+
+
 # --- backup: plan (prepare phase, read-only) ---------------------------------------------
 
 

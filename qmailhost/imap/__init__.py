@@ -32,7 +32,7 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.operations import systemd
 
-from qmailhost import tls
+from qmailhost import dns, tls
 from qmailhost.backends import services
 from qmailhost.core import ops
 from qmailhost.core.checks import ERROR, OK, SKIPPED, TIMEOUT, one_line, tls_context
@@ -216,5 +216,7 @@ COMPONENT = Component(
           if settings.pop3s_port else []),
     ),
     checks=(check_imap_login, check_imap_no_cleartext_login),
+    dns_records=lambda settings, _state: dns.service_records(
+        settings, (("imaps", settings.imaps_port), ("imap", settings.imap_port)), "IMAP"),
     pair_readers=(PairReader("dovecot", stamp="reload"),),
 )

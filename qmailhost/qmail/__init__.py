@@ -111,8 +111,9 @@ READ_AT_START = ("me", "defaultdomain", "defaulthost", "plusdomain", "concurrenc
 READ_ON_HUP = ("locals", "virtualdomains")
 
 
-def configure(platform: Platform, settings: Settings) -> dict[str, str]:
-    """Write the control files; returns them for the services' restart fingerprints."""
+def configure(platform: Platform, settings: Settings, remote: str | None = None) -> dict[str, str]:
+    """Write the control files and qmail-send's start (REMOTE: what it runs as qmail-remote,
+    the DKIM signer; None: qmail-remote); returns them for the services' restart fingerprints."""
     control = control_files(settings, platform)
     for name, content in control.items():
         path = f"{platform.control_dir}/{name}"
@@ -120,13 +121,17 @@ def configure(platform: Platform, settings: Settings) -> dict[str, str]:
             ops.absent_file(name=f"Remove control/{name}", path=path)
         else:
             ops.whole_file(name=f"Write control/{name}", dest=path, content=content + "\n")
-    ops.whole_file(name="Write /var/qmail/rc", dest=f"{platform.qmail_home}/rc", mode="755", content=_rc(platform))
+    ops.whole_file(name="Write /var/qmail/rc", dest=f"{platform.qmail_home}/rc", mode="755",
+                   content=_rc(platform, remote))
     return {name: content or "" for name, content in control.items()}
 
 
-def _rc(platform: Platform) -> str:
-    return ("#!/bin/sh\n# qmail-send's start: deliver to ./Maildir/ (control/defaultdelivery)\n"
-            f"exec env - PATH=\"{platform.qmail_home}/bin:$PATH\" "
+def _rc(platform: Platform, remote: str | None) -> str:
+    """qmail-send's start; QMAILREMOTE (notqmail's qmail-rspawn) names the DKIM signer (dkim/)."""
+    signer = f"QMAILREMOTE={remote} " if remote else ""
+    why = f", sending through {remote}" if remote else ""
+    return (f"#!/bin/sh\n# qmail-send's start: deliver to ./Maildir/ (control/defaultdelivery){why}\n"
+            f"exec env - PATH=\"{platform.qmail_home}/bin:$PATH\" {signer}"
             f"qmail-start \"$(cat {platform.control_dir}/defaultdelivery)\"\n")
 
 
@@ -148,10 +153,10 @@ def sendmail(platform: Platform) -> None:
                        content=paths.mailer_conf)
 
 
-def service(platform: Platform, control: dict[str, str], build: str) -> None:
-    """qmail-send: restarted when what it reads at start changes, reloaded (HUP: it re-reads
-    locals and virtualdomains) when only those change; either also when this run puts back
-    such a file that differed on the host."""
+def service(platform: Platform, control: dict[str, str], build: str, remote: str | None = None) -> None:
+    """qmail-send: restarted when what it reads at start changes (REMOTE too: what it runs as
+    qmail-remote), reloaded (HUP: it re-reads locals and virtualdomains) when only those
+    change; either also when this run puts back such a file that differed on the host."""
 
     def rewrites(names) -> bool:
         return any(ops.differs(f"{platform.control_dir}/{name}", control[name] + "\n" if control[name] else None)
@@ -161,12 +166,12 @@ def service(platform: Platform, control: dict[str, str], build: str) -> None:
         name="qmail-send", description="qmail-send, delivering the queue (locally to ./Maildir/)",
         run=render("qmail/qmail-send.run", qmail_home=platform.qmail_home),
         rcd=services.Rcd("qmailsend", (
-            ("postenv", f"PATH={platform.qmail_bin}:/usr/bin:/bin"),
+            ("postenv", f"PATH={platform.qmail_bin}:/usr/bin:/bin" + (f" QMAILREMOTE={remote}" if remote else "")),
             ("defaultdelivery", "./Maildir/"),
             *rcd.logging("send"),
         )),
-        reads_at_start=(build, *(control[name] for name in READ_AT_START)),
-        rewritten=rewrites(READ_AT_START) or ops.differs(f"{platform.qmail_home}/rc", _rc(platform)),
+        reads_at_start=(build, *(control[name] for name in READ_AT_START), *([remote] if remote else [])),
+        rewritten=rewrites(READ_AT_START) or ops.differs(f"{platform.qmail_home}/rc", _rc(platform, remote)),
         reload_on=tuple(control[name] for name in READ_ON_HUP),
         reload_rewritten=rewrites(READ_ON_HUP),
     ))

@@ -7,12 +7,14 @@ OPENSSL_CONF. TLS is opportunistic (RFC 3207): a sender without it is still acce
 qmail-smtpd's own TLS (the qmail-tls patch, qmail/) stays off: it offers STARTTLS only
 with control/servercert.pem, which qmailhost never writes, so inbound TLS has one owner.
 Control files, rules, spamdyke's config and the pair are read per connection: only a
-changed service definition (run script, rc.conf.d file) restarts it. Its status
+changed service definition (run script, rc.conf.d file) restarts it. With
+authentication_results, qmail-smtpd queues through dkim/'s filter (QMAILQUEUE), which
+adds the DKIM and SPF results. Its status
 checks: port 25 offers STARTTLS, takes mail for the local domains and refuses to relay
 for a stranger.
 """
 
-from qmailhost import spamdyke, tls
+from qmailhost import dkim, spamdyke, tls
 from qmailhost.backends import rcd, services
 from qmailhost.core import tcprules
 from qmailhost.core.checks import ERROR, FOREIGN, OK, STRANGER, WARNING, reply_text, tls_context
@@ -26,15 +28,17 @@ def configure(platform: Platform, settings: Settings) -> None:
     cdb = tcprules.rules(platform, "smtp", render("smtpd/smtp.rules", port=settings.smtp_port))
     config = spamdyke.smtp_config(platform, settings)
     program = spamdyke.program(platform)
+    queue = dkim.inbound_queue(platform, settings)  # Authentication-Results, in front of qmail-queue
+    env = f"OPENSSL_CONF={tls.policy_config_path(platform)}" + (f" QMAILQUEUE={queue}" if queue else "")
     services.declare(platform, services.Service(
         name="qmail-smtpd", description=f"qmail-smtpd on port {settings.smtp_port} behind spamdyke's filters",
         run=render("smtpd/qmail-smtpd.run", port=settings.smtp_port, tcprules=cdb, hostname=settings.hostname,
                    connections=settings.smtp_connections, spamdyke=program, spamdyke_conf=config,
                    qmail_home=platform.qmail_home, key_group=tls.KEY_GROUP,
-                   openssl_conf=tls.policy_config_path(platform)),
+                   env=env),
         rcd=services.Rcd("qmailsmtpd", (
             *rcd.tcpserver(platform, settings.hostname, "qmaild", "0", settings.smtp_port, cdb, 64_000_000,
-                           group=tls.KEY_GROUP, env=f"OPENSSL_CONF={tls.policy_config_path(platform)}"),
+                           group=tls.KEY_GROUP, env=env),
             ("presmtpd", f"{program} -f {config}"),
             ("smtpdcmd", f"{platform.qmail_bin}/qmail-smtpd"),
             ("postsmtpd", ""),

@@ -11,7 +11,7 @@ AUTH before it.
 
 from dataclasses import dataclass
 
-from qmailhost import tls
+from qmailhost import dns, tls
 from qmailhost.backends import services
 from qmailhost.core import ops
 from qmailhost.core.checks import ERROR, OK
@@ -89,6 +89,8 @@ COMPONENT = Component(
           if settings.submissions_port else []),
     ),
     checks=(check_submission_starttls_first,),
+    dns_records=lambda settings, _state: dns.service_records(
+        settings, (("submission", settings.submission_port), ("submissions", settings.submissions_port)), "submission"),
     # A deploy restarts it for a new pair; a renewal or restore reloads it. pkgsrc's rc.d script
     # has no reload command: restarted there.
     pair_readers=(PairReader("stunnel", stamp="restart", rcd_reload=False),),
