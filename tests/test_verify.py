@@ -3,25 +3,20 @@
 The host is deployed once for the module; then it is broken one way at a time over
 SSH, and each time exactly the matching check must report an error while every other
 check reports what it did on the healthy host. Each break is undone before the next.
-The DNS checks, which have no DNS here, are driven against a tiny resolver on loopback.
+The DNS checks, which have no DNS here, are in tests/test_dns_records.py.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import socket
-import time
 from dataclasses import dataclass
 
 import pytest
 
 from harness import sandbox
-from harness.dns_server import DnsServer
 from harness.pyinfra_cli import pyinfra
-from qmailhost import dns
 from qmailhost.core import checks
-from qmailhost.core import dns as resolver_module
 from qmailhost.core.platform import debian
 from qmailhost.core.settings import Settings, SettingsError
 
@@ -75,7 +70,7 @@ def test_a_healthy_host_passes_every_check_and_dns_says_why_it_is_skipped(deploy
             assert (status, reason) == ("skipped", "tls is self-signed, not acme")
         else:
             assert status == "ok", (name, reason)
-    assert "24 checks: 18 ok, 0 warning, 0 error, 6 skipped" in healthy.output
+    assert "29 checks: 19 ok, 0 warning, 0 error, 10 skipped" in healthy.output
     assert sandbox.sandbox_password() not in healthy.output
 
 
@@ -258,63 +253,3 @@ def test_verify_account_takes_its_password_from_accounts_and_never_shows_it(tmp_
     settings = settings_with(tmp_path, verify_account="alice")
     assert settings.verify_account.password == SECRET
     assert SECRET not in repr(settings)
-
-
-# --- DNS, against a resolver on loopback ----------------------------------------------------
-
-
-GOOD_ZONE = {
-    (DOMAIN, "MX"): [HOSTNAME], (DOMAIN, "TXT"): ["v=spf1 mx -all"], (HOSTNAME, "A"): [ADDRESS],
-    ("25.2.0.192.in-addr.arpa", "PTR"): [HOSTNAME],
-}
-DNS_CHECKS = (dns.check_dns_mx, dns.check_dns_address, dns.check_dns_ptr, dns.check_dns_spf)
-
-
-def _dns_results(settings: Settings, zone: dict | None, server_port: int | None = None) -> dict:
-    target = checks.Target(settings, debian("13"), ADDRESS, shell=None)
-    resolver = DnsServer(zone) if zone is not None else None
-    target.dns = resolver_module.Dns("127.0.0.1", port=resolver.port if resolver else server_port)
-    try:
-        return {r.name: (r.status, r.reason) for r in checks.run_checks(target, DNS_CHECKS)}
-    finally:
-        if resolver:
-            resolver.close()
-
-
-def test_dns_checks_pass_when_mx_address_ptr_and_spf_are_right(settings):
-    results = _dns_results(settings, {**GOOD_ZONE, (".", "NS"): ["a.root-servers.net"]})
-    assert {status for status, _ in results.values()} == {"ok"}, results
-
-
-@pytest.mark.parametrize("change, check, status", [
-    ({(DOMAIN, "MX"): ["mx.elsewhere.example"]}, "dns_mx", "error"),
-    ({(HOSTNAME, "A"): [], (HOSTNAME, "AAAA"): ["2001:db8::25"],
-      ("5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa", "PTR"): [HOSTNAME]},
-     "dns_address", "warning"),
-    ({(HOSTNAME, "A"): ["198.51.100.7"], ("7.100.51.198.in-addr.arpa", "PTR"): [HOSTNAME]}, "dns_address", "warning"),
-    ({("25.2.0.192.in-addr.arpa", "PTR"): ["dsl-192-0-2-25.isp.example"]}, "dns_ptr", "error"),
-    ({(DOMAIN, "TXT"): ["google-site-verification=x"]}, "dns_spf", "warning"),
-])
-def test_each_dns_check_catches_its_failure(settings, change, check, status):
-    results = _dns_results(settings, {**GOOD_ZONE, (".", "NS"): ["a.root-servers.net"], **change})
-    assert results[check][0] == status, results
-    assert all(s == "ok" for name, (s, _) in results.items() if name != check), results
-
-
-def test_without_an_address_there_is_no_ptr_to_check(settings):
-    results = _dns_results(settings, {**GOOD_ZONE, (".", "NS"): ["a.root-servers.net"], (HOSTNAME, "A"): []})
-    assert results["dns_address"] == ("error", f"{HOSTNAME} has no A or AAAA record")
-    assert results["dns_ptr"][0] == "skipped"
-
-
-def test_without_dns_the_dns_checks_are_skipped_quickly_and_say_so(settings):
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
-    silent.bind(("127.0.0.1", 0))
-    started = time.monotonic()
-    try:
-        results = _dns_results(settings, None, server_port=silent.getsockname()[1])
-    finally:
-        silent.close()
-    assert time.monotonic() - started < resolver_module.DNS_TIMEOUT + 1.5
-    for status, reason in results.values():
-        assert status == "skipped" and reason.startswith("no DNS: the resolver 127.0.0.1 did not answer"), reason

@@ -72,7 +72,7 @@ def dkim_results(message: bytes, dnsfunc=txt_record) -> list[str]:
                               for tag in ("d", "s", "a", "b") if tag.encode() in tags)
         unpublished: list[str] = []  # dkimpy reports a key missing from DNS as a mere False
 
-        def lookup(name, timeout=DNS_TIMEOUT):
+        def lookup(name, timeout=DNS_TIMEOUT, unpublished=unpublished):
             found = dnsfunc(name, timeout=timeout)
             if found is None:
                 unpublished.append(name.decode() if isinstance(name, bytes) else name)

@@ -193,13 +193,14 @@ check_dns_srv = _record_check("srv", "SRV")
 
 
 def check_dns_ptr(target):
-    """Each of the host's addresses points back at its name (receivers check this)."""
+    """Each of the host's addresses (as records.py prints them) points back at its name
+    (receivers check this)."""
     if skip := _dns_skip(target):
         return skip
     hostname = target.settings.hostname
-    addresses = target.dns.lookup(hostname, "A") + target.dns.lookup(hostname, "AAAA")
+    addresses = public_addresses(target.settings, target.host_state)
     if not addresses:
-        return SKIPPED, f"{hostname} has no address to look up (see dns_address)"
+        return SKIPPED, f"{hostname} has no address (set public_addresses)"
     wrong = [f"{address} -> {', '.join(names) or 'no PTR'}" for address in addresses
              if hostname not in (names := target.dns.lookup(ipaddress.ip_address(address).reverse_pointer, "PTR"))]
     if wrong:
