@@ -52,6 +52,7 @@ class DnsServer:
     def __init__(self, zone: dict | Callable[[str, str], list[str]], address: str = "127.0.0.1", port: int = 0):
         self.zone = zone
         self.asked: list[tuple[str, str]] = []
+        self.errors: list[str] = []  # what made it answer SERVFAIL
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((address, port))
         self.address, self.port = self.sock.getsockname()
@@ -62,6 +63,14 @@ class DnsServer:
             return self.zone(name, kind)
         return self.zone.get((name or ".", kind), [])
 
+    def exists(self, name: str) -> bool:
+        """Does NAME own records, or is it above names that do (an empty non-terminal such as
+        _domainkey.example.org)? Then a question with no answer is NODATA, not NXDOMAIN: a
+        resolver that minimises its questions (unbound) stops at an NXDOMAIN above the name."""
+        if callable(self.zone):
+            return False
+        return name == "" or any(owner == name or owner.endswith("." + name) for owner, _ in list(self.zone))
+
     def _serve(self) -> None:
         kinds = {v: k for k, v in TYPES.items()}
         while True:
@@ -71,16 +80,18 @@ class DnsServer:
                 return
             ident = struct.unpack_from("!H", query)[0]
             name, end = _question(query)
-            kind = kinds.get(struct.unpack_from("!H", query, end)[0], "?")
+            number = struct.unpack_from("!H", query, end)[0]
+            kind = kinds.get(number, f"TYPE{number}")
             self.asked.append((name.lower(), kind))
             try:
-                values, flags = (self.values(name.lower(), kind) if kind != "?" else []), None
-            except Exception:
-                values, flags = [], 0x8582  # SERVFAIL
-            flags = flags or (0x8580 if values or name == "" else 0x8583)
+                values = self.values(name.lower(), kind) if kind in TYPES else []
+                flags = 0x8580 if values or self.exists(name.lower()) else 0x8583
+                answers = b"".join(struct.pack("!HHHIH", 0xC00C, TYPES[kind], 1, 60, len(r)) + r
+                                   for r in (_rdata(kind, v) for v in values))
+            except Exception as error:  # a failing zone function, or a value the wire cannot carry
+                self.errors.append(f"{name} {kind}: {error}")
+                values, flags, answers = [], 0x8582, b""  # SERVFAIL
             header = struct.pack("!6H", ident, flags, 1, len(values), 0, 0)
-            answers = b"".join(struct.pack("!HHHIH", 0xC00C, TYPES[kind], 1, 60, len(r)) + r
-                               for r in (_rdata(kind, v) for v in values))
             self.sock.sendto(header + query[12:end + 4] + answers, peer)
 
     def close(self) -> None:

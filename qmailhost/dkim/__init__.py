@@ -17,8 +17,8 @@
   domain waits in the queue until then.
 - Inbound: qmail-smtpd queues through ``authres.py`` (QMAILQUEUE), which prepends an
   ``Authentication-Results:`` header with each DKIM signature's result and SPF of the
-  envelope sender, and removes any forged one in this host's name
-  (``authentication_results``).
+  envelope sender, asking the host's own resolver (resolver/), and removes any forged one
+  in this host's name (``authentication_results``).
 - The DNS records it needs (one TXT per key) are declared for records.py and compared with
   DNS by the dns/ checks; its own check says each signing key is in place and private.
 """
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pyinfra import host, logger
 from pyinfra.api import operation
 
+from qmailhost import resolver
 from qmailhost.core import ops, recovery
 from qmailhost.core.checks import ERROR, OK, SKIPPED
 from qmailhost.core.component import BackupPart, Component, DnsRecord, Probe, Setting
@@ -54,8 +55,10 @@ class Paths:
 
 PATHS = {
     "debian": Paths("/usr/bin/python3", "/usr/bin/dknewkey", ("python3-dkim", "python3-spf")),
-    # pkgsrc mail/py-dkim and mail/py-spf for pkgsrc's default Python (313), see the README.
-    "netbsd": Paths("/usr/pkg/bin/python3.13", "/usr/pkg/bin/dknewkey-3.13", ("py313-dkim", "py313-spf")),
+    # pkgsrc for its default Python (lang/python/pyversion.mk: 313): mail/py-dkim (dkimpy, PKGNAME
+    # py313-dkim; DEPENDS py-dns (dnspython), py-nacl (PyNaCl), py-authres, py-aiodns) installs
+    # bin/dknewkey unsuffixed (PLIST; PYTHON_SELF_CONFLICT=yes), mail/py-spf (pyspf) is py313-spf.
+    "netbsd": Paths("/usr/pkg/bin/python3.13", "/usr/pkg/bin/dknewkey", ("py313-dkim", "py313-spf")),
 }
 
 
@@ -216,7 +219,8 @@ def configure(platform: Platform, settings: Settings) -> None:
             ops.absent_file(name=f"Remove the DKIM {what} (dkim is off; keys kept)", path=path)
     if settings.authentication_results:
         ops.whole_file(name="Write the inbound filter's config", dest=mine["inbound"],
-                       content=f"authserv-id {settings.hostname}\nqueue {platform.qmail_bin}/qmail-queue\n")
+                       content=f"authserv-id {settings.hostname}\nqueue {platform.qmail_bin}/qmail-queue\n"
+                               f"resolver {resolver.ADDRESS}\n")
         ops.whole_file(name="Install the inbound filter (Authentication-Results, in front of qmail-queue)",
                        dest=mine["filter"], mode="755", content=_script(platform, "authres.py"))
     else:

@@ -28,9 +28,19 @@ class TemporaryDnsError(Exception):
 
 
 def read_config(path: str = CONFIG) -> dict[str, str]:
-    """{"authserv-id": this host's name, "queue": the real qmail-queue}."""
+    """{"authserv-id": this host's name, "queue": the real qmail-queue, "resolver": the
+    host's own resolver (resolver/: unbound on 127.0.0.1), which DKIM and SPF lookups ask}."""
     with open(path) as config:
         return dict(line.split(None, 1) for line in (raw.strip() for raw in config) if line and line[0] != "#")
+
+
+def use_resolver(address: str) -> None:
+    """Every lookup (dkimpy's, through txt_record, and pyspf's) asks ADDRESS."""
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [address]
+    dns.resolver.default_resolver = resolver
 
 
 def txt_record(name, timeout: float = DNS_TIMEOUT) -> bytes | None:
@@ -150,6 +160,8 @@ def main() -> None:
     message = sys.stdin.buffer.read()
     envelope = os.fdopen(1, "rb", closefd=False).read()
     try:
+        if config.get("resolver"):
+            use_resolver(config["resolver"])
         results = dkim_results(message)
         spf = spf_result(envelope_sender(envelope), os.environ.get("TCPREMOTEIP"))
         authserv_id = config["authserv-id"]
