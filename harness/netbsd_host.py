@@ -19,10 +19,18 @@ or restart and stamp, commands the model must know. Root's crontab is NetBSD's, 
 pyinfra 3's server.crontab does (crontab -l into a temporary file, echo or sed -i.SUFFIX,
 crontab FILE; a cron_name is a "# pyinfra-name=NAME" comment line above its entry);
 ``issue()`` stands for a renewal by cron, ``run_hook()`` for the hook certbot renew runs.
+
+DKIM (dkim/): pkgsrc's dkimpy (mail/py-dkim as py313-dkim) installs its key maker unsuffixed,
+/usr/pkg/bin/dknewkey (PLIST bin/dknewkey, PYTHON_SELF_CONFLICT=yes); run in a key directory,
+``dknewkey [--ktype ed25519] NAME`` writes NAME.key and NAME.dns there (base openssl for RSA,
+PyNaCl for ed25519). The model makes a new key pair each time and the dkim_keys probe reads
+them back from the files (so keys a restore put back are seen too); the addresses probe reads
+NetBSD's ``ifconfig -a`` (``interfaces``), as the probe's awk does.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import hashlib
@@ -84,6 +92,33 @@ ROOT_CRONTAB = [
 ]
 
 
+# dkim/ from pkgsrc for its default Python (lang/python/pyversion.mk: 313): mail/py-dkim (dkimpy,
+# PKGNAME ${PYPKGPREFIX}-dkim) and mail/py-spf (pyspf); dknewkey is bin/dknewkey (not suffixed).
+DKIM_PACKAGES = ("py313-dkim", "py313-spf")
+DKNEWKEY = "/usr/pkg/bin/dknewkey"
+PYTHON = "/usr/pkg/bin/python3.13"  # lang/python313, which py313-dkim depends on
+DKIM_DIR = "/usr/pkg/etc/qmailhost/dkim"
+DKIM_KEYS = f"{DKIM_DIR}/keys"
+SIGNER_USER = "qmailr"
+# What NetBSD 10's `ifconfig -a` prints (CIDR addresses; a link-local one scoped with %IF).
+IFCONFIG = """\
+wm0: flags=0x8843<UP,BROADCAST,RUNNING,SIMPLEX,MULTICAST> mtu 1500
+\tec_capabilities=0x7<VLAN_MTU,VLAN_HWTAGGING,JUMBO_MTU>
+\tec_enabled=0x2<VLAN_HWTAGGING>
+\taddress: 52:54:00:12:34:56
+\tmedia: Ethernet autoselect (1000baseT full-duplex)
+\tstatus: active
+\tinet6 fe80::5054:ff:fe12:3456%wm0/64 flags 0 scopeid 0x1
+\tinet 192.0.2.25/24 broadcast 192.0.2.255 flags 0
+\tinet6 2001:db8::25/64 flags 0
+lo0: flags=0x8049<UP,LOOPBACK,RUNNING,MULTICAST> mtu 33624
+\tstatus: active
+\tinet6 ::1/128 flags 0x20<NODAD>
+\tinet6 fe80::1%lo0/64 flags 0 scopeid 0x2
+\tinet 127.0.0.1/8 flags 0
+"""
+
+
 PASSWORD_ENV = "QMAILHOST_TEST_PASSWORD"  # the test account's password source (a test sets it)
 
 
@@ -136,6 +171,9 @@ class NetBSDHost:
     spamdyke_tls_compiled: bool = True
     # What `dovecot --version` prints first (pkgsrc's mail/dovecot2 was 2.3.x): a test may make it a 2.4.
     dovecot_version: str = "2.3.21.1"
+    # What `ifconfig -a` prints (the addresses probe); a test may give the host other addresses.
+    interfaces: str = IFCONFIG
+    keys_made: list[tuple[str, str, str]] = field(default_factory=list)  # (domain, selector, ktype) by dknewkey
     tmda_pieces: list[tuple[str, str]] = field(default_factory=list)
     tmda_archive: dict | None = None
     executed: list[str] = field(default_factory=list)
@@ -218,8 +256,40 @@ class NetBSDHost:
                 "cert": copy.deepcopy(self.cert),
                 "acme": copy.deepcopy(self.acme), "acme_cron": self.acme_cron,
                 "dovecot": self.dovecot_version.split()[0] if "dovecot" in self.packages else None,
-                "dkim_keys": dict(getattr(self, "dkim_keys", {})),
-                "addresses": tuple(getattr(self, "addresses", ("192.0.2.25",)))}
+                **self._probed(script)}
+
+    def _probed(self, script: str) -> dict:
+        """dkim/'s and dns/'s probes: the lines NetBSD's sh prints for them, parsed as HostState does."""
+        from qmailhost.core.facts import HostState
+
+        # dkim_keys: each key directory's NAME.dns with its NAME.key beside it, newlines removed
+        keys = (f"for f in {DKIM_KEYS}/*/*.dns; do [ -f \"$f\" ] && [ -f \"${{f%.dns}}.key\" ] && d=${{f%/*}} && "
+                "s=${f##*/} && printf 'dkim_keys\\t%s\\t%s\\t%s\\n' \"${d##*/}\" \"${s%.dns}\" "
+                "\"$(tr -d '\\n' < \"$f\")\"; done")
+        assert keys in script, script
+        # addresses: NetBSD's ifconfig (no hostname -I, no ip(8)), each inet/inet6 word's successor
+        awk = ('{ for (i = 1; i < NF; i++) if ($i == "inet" || $i == "inet6") { a = $(i + 1); '
+               'sub("/.*", "", a); sub("%.*", "", a); print "addresses\\t" a } }')
+        assert f"{{ ifconfig -a; }} 2>/dev/null | awk '{awk}'" in script, script
+        assert "hostname -I" not in script and "ip -o" not in script and "ip addr" not in script, script
+        lines = [f"dkim_keys\t{domain}\t{selector}\t{value.replace(chr(10), '')}"
+                 for (domain, selector), value in sorted(self.key_files().items())]
+        for line in self.interfaces.splitlines():  # the awk program, word by word
+            words = line.split()
+            for i, word in enumerate(words[:-1]):
+                if word in ("inet", "inet6"):
+                    lines.append("addresses\t" + words[i + 1].split("/")[0].split("%")[0])
+        parsed = HostState().process(lines)
+        return {"dkim_keys": parsed["dkim_keys"], "addresses": parsed["addresses"]}
+
+    def key_files(self) -> dict[tuple[str, str], str]:
+        """(domain, selector) -> the .dns file's text, for each key pair in the key directory."""
+        entries, found = self.entries(), {}
+        for path, entry in entries.items():
+            if m := re.fullmatch(rf"{re.escape(DKIM_KEYS)}/([^/]+)/([^/]+)\.dns", path):
+                if entry["type"] == "file" and entries.get(f"{path[:-4]}.key", {}).get("type") == "file":
+                    found[(m[1], m[2])] = entry["data"].decode()
+        return found
 
     @property
     def acme_cron(self) -> bool:
@@ -440,12 +510,41 @@ class NetBSDHost:
             self._temp[m[3]] = _sed(m[2], self._temp[m[3]])  # NetBSD's sed -i takes the suffix attached
         elif m := re.fullmatch(r"crontab -u root (/tmp/pyinfra-[0-9a-f]+)", command):
             self.crontab = self._temp.pop(m[1])
+        elif m := re.fullmatch(_DKNEWKEY, command):
+            self._dknewkey(m)
         elif m := re.fullmatch(_CERTONLY, command):
             self._certonly(m)
         elif m := re.fullmatch(rf"(?:({INSTALL_ONLY})=1 )?({ACME_DIR}/deploy-hook)", command):
             self.run_hook(m[2], install_only=bool(m[1]))
         else:
             raise AssertionError(f"the NetBSD model does not know what this does: {command}")
+
+    # --- dkim/: pkgsrc's dknewkey
+    def _dknewkey(self, m: re.Match) -> None:
+        """The key command: under umask 077, the domain's directory (qmailr's, 700), then dknewkey
+        writes NAME.key and NAME.dns in it (root's, 600 under that umask, group from the parent as
+        BSD's mkdir and open give it), given to qmailr, made 400 and 444, renamed into place."""
+        folder, new, selector = m["folder"], m["new"], m["selector"]
+        assert m["dknewkey"] == DKNEWKEY, f"pkgsrc's dknewkey is {DKNEWKEY}, not {m['dknewkey']}"
+        assert "py313-dkim" in self.packages, "dknewkey runs before py313-dkim is installed"
+        assert SIGNER_USER in self.users, f"chown: {SIGNER_USER}: no such user"
+        assert folder.rsplit("/", 1)[0] == DKIM_KEYS and "/" not in m["domain"], folder
+        keys = self.dirs.get(DKIM_KEYS)
+        assert keys and keys["user"] == SIGNER_USER and keys["mode"] == 700, f"the key directory: {keys}"
+        assert new == f"{selector}.new", (new, selector)
+        ktype = m["ktype"] or "rsa"
+        if ktype == "rsa":  # openssl genrsa 2048 (PKCS#8), then the public half's base64 (a 2048-bit SPKI: 294 bytes)
+            private = ("-----BEGIN PRIVATE KEY-----\n" + base64.b64encode(secrets.token_bytes(1190)).decode()
+                       + "\n-----END PRIVATE KEY-----\n")
+            public = "v=DKIM1; k=rsa; h=sha256; p=" + base64.b64encode(b"0\x82\x01\x22" + secrets.token_bytes(290)).decode()
+        else:  # PyNaCl: the seed's base64, and the verify key's
+            private = base64.b64encode(secrets.token_bytes(32)).decode() + "\n"
+            public = "v=DKIM1; k=ed25519; p=" + base64.b64encode(secrets.token_bytes(32)).decode()
+        self.tree.setdefault(folder, _entry("dir", b"", "700", SIGNER_USER, "wheel"))
+        self.tree[folder] = {**self.tree[folder], "mode": "700", "user": SIGNER_USER}
+        for suffix, data, mode in (("key", private, "400"), ("dns", public, "444")):
+            self.tree[f"{folder}/{selector}.{suffix}"] = _entry("file", data.encode(), mode, SIGNER_USER, "wheel")
+        self.keys_made.append((m["domain"], selector, ktype))
 
     # --- certbot (security/py-certbot) and qmailhost's deploy hook
     def issue(self, domain: str, days: int = 90) -> None:
@@ -715,6 +814,13 @@ _CERTONLY = (rf"(?:(?P<install_only>{INSTALL_ONLY})=1 )?(?:REQUESTS_CA_BUNDLE=(?
              r"--email (?P<email>\S+) --server (?P<server>\S+) --cert-name (?P<name>\S+) -d (?P<domain>\S+) "
              r"--key-type rsa --rsa-key-size 3072 --deploy-hook (?P<hook>\S+) "
              r"--config-dir (?P<config>\S+) --work-dir (?P<work>\S+) --logs-dir (?P<logs>\S+)")
+
+
+_DKNEWKEY = (r"umask 077 && mkdir -p (?P<folder>\S+/(?P<domain>[^/\s]+)) && chown qmailr (?P=folder) && "
+             r"chmod 700 (?P=folder) && cd (?P=folder) && rm -f (?P<new>\S+)\.key (?P=new)\.dns && "
+             r"(?P<dknewkey>\S+) (?:--ktype (?P<ktype>ed25519) )?(?P=new) 2>/dev/null && "
+             r"chown qmailr (?P=new)\.key (?P=new)\.dns && chmod 400 (?P=new)\.key && chmod 444 (?P=new)\.dns && "
+             r"mv -f (?P=new)\.key (?P<selector>[a-z0-9-]+)\.key && mv -f (?P=new)\.dns (?P=selector)\.dns")
 
 
 _LINEAGE_LINKS = (

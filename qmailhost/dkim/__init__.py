@@ -34,7 +34,7 @@ from pyinfra.api import operation
 
 from qmailhost import resolver
 from qmailhost.core import ops, recovery
-from qmailhost.core.checks import ERROR, OK, SKIPPED
+from qmailhost.core.checks import ERROR, OK, SKIPPED, WARNING
 from qmailhost.core.component import BackupPart, Component, DnsRecord, Probe, Setting
 from qmailhost.core.facts import host_state
 from qmailhost.core.platform import Platform
@@ -256,15 +256,20 @@ def check_dkim_keys(target):
     output = target.run(f"id -u {SIGNER_USER}; for f in {paths}; do if [ -f \"$f\" ]; then ls -ln \"$f\"; "
                         f"else echo \"absent $f\"; fi; done; [ -x {signer_file} ] || echo 'absent {signer_file}'")
     uid, *lines = output.strip().split("\n")
-    problems = []
+    problems, held = [], _held_back(target.settings, target.platform)
+    waiting = []  # keys a restore brings back
     for line in lines:
         words = line.split()
-        if words[:1] == ["absent"]:
+        if words[:1] == ["absent"] and words[1] in held:
+            waiting.append(f"{words[1]} (the backup {held[words[1]]} holds it)")
+        elif words[:1] == ["absent"]:
             problems.append(f"{words[1]} is missing")
         elif len(words) >= 9 and (words[0][4:10] != "------" or words[2] != uid.strip()):
             problems.append(f"{words[-1]} is {words[0]} uid {words[2]}: only {SIGNER_USER} may read it")
     if problems:
-        return ERROR, "; ".join(problems) + " (mail from those domains waits in the queue)"
+        return ERROR, "; ".join(problems + waiting) + " (mail from those domains waits in the queue)"
+    if waiting:
+        return WARNING, f"not yet restored: {'; '.join(waiting)}; mail from those domains waits until restore.py"
     return OK, f"{len(keys)} key{'s' if len(keys) != 1 else ''} for {', '.join(target.settings.domains)}, " \
                f"readable by {SIGNER_USER} alone"
 
