@@ -35,6 +35,15 @@ mail_hosts = [
             # self-signed certificate made on the host once
             # "tls_cert": "~/acme/mail.example.org/fullchain.pem",
             # "tls_key": "~/acme/mail.example.org/privkey.pem",
+            # --- mail others trust: DKIM signing (keys made on the host), Authentication-Results
+            # on port 25, and what records.py prints (pyinfra inventory/example.py records.py)
+            "dkim": True,
+            "dkim_selector": "mail",  # rotate: a new name here, the old one in dkim_retired_selectors
+            "dkim_retired_selectors": [],
+            "authentication_results": True,
+            "dmarc_policy": "none",  # start here; "quarantine" or "reject" once reports look clean
+            # "dmarc_reports": "dmarc-reports@example.org",
+            # "public_addresses": ["203.0.113.25", "2001:db8::25"],  # behind NAT: what the Internet reaches
             # --- ports and limits
             "smtp_port": 25,
             "submission_port": 587,

@@ -143,7 +143,9 @@ def test_a_bare_host_installs_certbot_and_writes_the_hook_and_renewal_script(bar
     commands = commands_of(plan)
     install = commands[0]
     assert install.startswith("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install ")
-    assert install.split()[-1] == "py313-certbot"
+    # pkgsrc's certbot beside the base packages and dkim/'s (py313-dkim, py313-spf)
+    assert install.split()[4:] == ["qmail-run", "stunnel", "checkpassword", "ucspi-tcp", "unbound", "dovecot",
+                                   "py313-certbot", "py313-dkim", "py313-spf"]
     assert f"mkdir -p {MINE}" in commands and f"chown root:wheel {MINE} && chmod 700 {MINE}" in commands
     for script in (HOOK, RENEW):  # root's only, written whole, before the order runs the hook
         assert f"chown root:wheel {script}.qmailhost-new && chmod 700 {script}.qmailhost-new " \
@@ -337,7 +339,8 @@ def test_a_backup_carries_certbots_config_dir_and_a_restore_puts_the_lineage_bac
     old = converged.copy()
     planned = recovery_plan(old, BACKUP, deploy_data(**settings))
     listing = old.sent[0][1]
-    assert "for p in ~alice/Maildir /usr/pkg/etc/letsencrypt /usr/pkg/etc/qmailhost/tls/cert.pem " in listing
+    assert ("for p in ~alice/Maildir /usr/pkg/etc/letsencrypt /usr/pkg/etc/qmailhost/dkim/keys "
+            "/usr/pkg/etc/qmailhost/tls/cert.pem ") in listing
     execute(old, planned)
     _, records = recovery.read_manifest(recovery.backups_in(tmp_path / "backups")[-1])
     carried = {r.path: r for r in records if r.path.startswith("/usr/pkg/etc/letsencrypt")}

@@ -22,7 +22,8 @@ from qmailhost.core.templates import read
 LINUX_ONLY = ("svstat", "svok", "/etc/service", "-printf", "getent shadow", "sha256sum", "stat -c", "dpkg",
               "/etc/init.d", "systemctl")
 DATA = {"hostname": "mail.example.org", "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}]}
-HOST_SIDE = {"services_up", "queue", "no_tmda_leftovers", "submission_mode", "blocklists_answer"}
+HOST_SIDE = {"services_up", "queue", "no_tmda_leftovers", "submission_mode", "blocklists_answer", "dkim_keys"}
+KEYS, SIGNER = "/usr/pkg/etc/qmailhost/dkim/keys", "/usr/pkg/etc/qmailhost/dkim/qmail-remote"
 
 
 class CheckedHost(NetBSDHost):
@@ -44,7 +45,28 @@ class CheckedHost(NetBSDHost):
             return True, self.blocklist_answers.get((m[1], m[2]), "127.0.0.2\n" if m[1] == "2" else "")
         if command == "cat /var/lib/qmailhost/submission-mode 2>/dev/null || true":
             return True, self.contents.get("/var/lib/qmailhost/submission-mode", "")
+        if m := re.fullmatch(r"id -u qmailr; for f in (.+); do if \[ -f \"\$f\" \]; then ls -ln \"\$f\"; "
+                             r"else echo \"absent \$f\"; fi; done; \[ -x (\S+) \] \|\| echo 'absent \2'", command):
+            return True, self.key_listing(m[1].split(), m[2])
         raise AssertionError(f"the NetBSD model does not know this check command: {command[:200]}")
+
+
+    def key_listing(self, paths: list[str], signer: str) -> str:
+        """qmailr's uid, then `ls -ln` of each key as NetBSD's ls prints it (wheel is gid 0), then the signer."""
+        out = [self.users["qmailr"]["uid"]]
+        for path in paths:
+            entry = self.entries().get(path)
+            if entry is None or entry["type"] != "file":
+                out.append(f"absent {path}")
+                continue
+            bits = int(entry["mode"], 8)
+            mode = "-" + "".join(c if bits & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+            uid = self.users[entry["user"]]["uid"] if entry["user"] in self.users else "0"
+            gid = "0" if entry["group"] == "wheel" else "1001"
+            out.append(f"{mode}  1 {uid}  {gid}  {len(entry['data'])} Nov 14 22:13 {path}")
+        if not (signer in self.files and int(self.files[signer]["mode"], 8) & 0o111):
+            out.append(f"absent {signer}")
+        return "\n".join(out) + "\n"
 
 
 @pytest.fixture
@@ -69,6 +91,7 @@ def test_after_a_deploy_the_host_side_checks_are_ok_and_speak_netbsd(deployed):
     assert results["services_up"][1] == ("all up: dovecot pid 100, qmail-send pid 101, unbound pid 102, "
                                          "qmail-smtpd pid 103, stunnel pid 104, qmail-ofmipd pid 105")
     assert results["blocklists_answer"][1] == "zen.spamhaus.org answer their test points through the host's resolver"
+    assert results["dkim_keys"][1] == "1 key for example.org, readable by qmailr alone"
     for command in host.sent:
         for linux in LINUX_ONLY:
             assert linux not in command, f"{linux!r} in a NetBSD check command: {command[:200]}"
@@ -83,6 +106,19 @@ def test_a_stopped_service_and_a_tmda_piece_are_errors_on_netbsd(deployed):
     assert results["services_up"] == (checks.ERROR, "qmail-smtpd qmailsmtpd is not running.")
     assert results["no_tmda_leftovers"] == (checks.ERROR, "TMDA left behind: /etc/rc.d/tofmipd (rcscript)")
     assert results["queue"][0] == results["submission_mode"][0] == checks.OK
+
+
+def test_a_key_others_can_read_or_a_missing_signer_is_an_error_on_netbsd(deployed):
+    host, settings = deployed
+    key = f"{KEYS}/example.org/mail.key"
+    host.tree[key] = {**host.tree[key], "mode": "444"}
+    del host.files[SIGNER]
+    target = checks.Target(settings, netbsd("10"), "model.invalid", shell=host.shell)
+    result = {r.name: r for r in checks.run_checks(target, host_side_checks())}["dkim_keys"]
+    uid = host.users["qmailr"]["uid"]
+    assert (result.status, result.reason) == (checks.ERROR, (
+        f"{key} is -r--r--r-- uid {uid}: only qmailr may read it; {SIGNER} is missing "
+        "(mail from those domains waits in the queue)"))
 
 
 def test_every_other_check_is_a_network_probe_that_never_asks_the_host(deployed):

@@ -113,7 +113,7 @@ def test_bare_host_in_ofmipd_mode(bare_plan):
     assert_netbsd_only(plan)
     # spamdyke is not a binary package: pkgsrc builds it with tls (tests/test_netbsd_tls_plans.py).
     assert commands[0] == ("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install "
-                           "qmail-run stunnel checkpassword ucspi-tcp unbound dovecot")
+                           "qmail-run stunnel checkpassword ucspi-tcp unbound dovecot py313-dkim py313-spf")
     # Each option is in /etc/mk.conf before its package is built, and the build cleans up after itself.
     for package, option in (("mess822", "sasl"), ("spamdyke", "tls")):
         assert index(commands, f"PKG_OPTIONS.{package}+=\t{option}") \
@@ -163,7 +163,7 @@ qmailofmipd_tls="NO"
 # qmailsmtpd: qmail-smtpd on port 25 behind spamdyke's filters
 # Managed by qmailhost: every variable is set, whatever the rc.d defaults.
 qmailsmtpd=YES
-qmailsmtpd_postenv="OPENSSL_CONF=/usr/pkg/etc/qmailhost/tls/openssl-policy.cnf"
+qmailsmtpd_postenv="OPENSSL_CONF=/usr/pkg/etc/qmailhost/tls/openssl-policy.cnf QMAILQUEUE=/usr/pkg/etc/qmailhost/dkim/qmail-queue"
 qmailsmtpd_datalimit="64000000"
 qmailsmtpd_pretcpserver=""
 qmailsmtpd_tcpserver="/usr/pkg/bin/tcpserver"
@@ -183,7 +183,7 @@ qmailsmtpd_tls="NO"
 # qmailsend: qmail-send, delivering the queue (locally to ./Maildir/)
 # Managed by qmailhost: every variable is set, whatever the rc.d defaults.
 qmailsend=YES
-qmailsend_postenv="PATH=/usr/pkg/bin:/usr/bin:/bin"
+qmailsend_postenv="PATH=/usr/pkg/bin:/usr/bin:/bin QMAILREMOTE=/usr/pkg/etc/qmailhost/dkim/qmail-remote"
 qmailsend_defaultdelivery="./Maildir/"
 qmailsend_log="YES"
 qmailsend_logcmd="logger -t nbqmail/send -p mail.info"

@@ -31,6 +31,7 @@ LINUX_ONLY = ("getent shadow", "-printf", "sha256sum", "chpasswd -e", "stat -c",
 MAILDIR = "/home/alice/Maildir"
 ARCHIVE = "/var/lib/qmailhost/tmda-archive"
 TLS = "/usr/pkg/etc/qmailhost/tls"
+KEYS = "/usr/pkg/etc/qmailhost/dkim/keys"  # dkim/'s keys (the deploy made one for example.org)
 MESSAGES = {  # path -> (content, mtime in ns)
     f"{MAILDIR}/new/1700000001.M1P1.mail.example.org": (b"Subject: one\n\nfirst\n", 1_700_000_001_123_456_789),
     f"{MAILDIR}/cur/1700000002.M2P2.mail.example.org:2,S": (b"Subject: two\n\nseen\n", 1_700_000_002_000_000_001),
@@ -130,7 +131,7 @@ def newest(tmp_path: Path) -> tuple[Path, dict, list[recovery.Record]]:
 
 LISTING = r"""
 list() { find "$@" \( -type f -o -type d \) -exec stat -f 'E%t%HT%t%z%t%.9Fm%t%OMp%OLp%t%Su%t%Sg%t%#N' {} + 2>/dev/null; }
-for p in ~alice/Maildir /usr/pkg/etc/qmailhost/tls/cert.pem /usr/pkg/etc/qmailhost/tls/key.pem /var/lib/qmailhost/tmda-archive; do [ -e "$p" ] && list "$p"; done
+for p in ~alice/Maildir /usr/pkg/etc/qmailhost/dkim/keys /usr/pkg/etc/qmailhost/tls/cert.pem /usr/pkg/etc/qmailhost/tls/key.pem /var/lib/qmailhost/tmda-archive; do [ -e "$p" ] && list "$p"; done
 [ QUEUE = yes ] && [ -d DIR/mess ] && printf 'Q\t%s\n' "$(echo $(( $(du -sk DIR/mess | cut -f1) * 1024 )))"
 true
 """  # noqa: E501 (a script, as sent)
@@ -143,7 +144,7 @@ for u in alice; do
   printf 'A\t%s\t%s\0' "$u" "$h"
   printf 'H\t%s\t%s\0' "$u" "$(awk -F: -v u="$u" '$1 == u { print $2 }' /etc/master.passwd | tr -d '\n' | openssl dgst -sha256 -r | cut -c1-64)"
 done
-for p in ~alice/Maildir /var/lib/qmailhost/tmda-archive; do printf 'X\t%s\0' "$p"; [ -e "$p" ] && find "$p" -exec printf 'P\t%s\0' {} +; done
+for p in ~alice/Maildir /usr/pkg/etc/qmailhost/dkim/keys /var/lib/qmailhost/tmda-archive; do printf 'X\t%s\0' "$p"; [ -e "$p" ] && find "$p" -exec printf 'P\t%s\0' {} +; done
 [ -d /var/lib/qmailhost/requeued ] && find /var/lib/qmailhost/requeued -type f -exec printf 'R\t%s\0' {} +
 for f in $(find /var/qmail/queue/mess -type f 2>/dev/null); do printf 'M\t%s\0' "$(openssl dgst -sha256 -r < "$f" | cut -c1-64)"; done
 [ -x /usr/pkg/bin/qmail-queue ] && printf 'Q\0'
@@ -163,7 +164,8 @@ def test_backup_lists_and_streams_with_netbsd_tools(tmp_path):
     what, script, names = host.sent[1]
     assert (what, script) == ("streaming the files to back up", "cd / && pax -w -d -0 -x ustar")
     fetched = {f"/{n}" for n in names.decode(errors="surrogateescape").split("\0") if n}
-    assert fetched == {*MESSAGES, f"{TLS}/cert.pem", f"{TLS}/key.pem"}
+    assert fetched == {*MESSAGES, f"{TLS}/cert.pem", f"{TLS}/key.pem", f"{KEYS}/example.org/mail.key",
+                       f"{KEYS}/example.org/mail.dns"}
     assert host.sent[2][:2] == ("reading the password hashes", HASHES)
     assert len(host.sent) == 3
     netbsd_only(host)
@@ -181,6 +183,10 @@ def test_backup_lists_and_streams_with_netbsd_tools(tmp_path):
     assert (by_path[f"{ARCHIVE}/alice"].mode, by_path[f"{ARCHIVE}/alice"].group) == ("750", "wheel")
     key = by_path[f"{TLS}/key.pem"]  # readable by spamdyke's group qmailtls too (port 25's STARTTLS)
     assert (key.mode, key.owner, key.group) == ("640", "root", "qmailtls")
+    dkim = by_path[f"{KEYS}/example.org/mail.key"]  # qmailr's alone, as the signer reads it
+    assert (dkim.mode, dkim.owner) == ("400", "qmailr")
+    assert (directory / dkim.stored).read_bytes() == host.tree[f"{KEYS}/example.org/mail.key"]["data"]
+    assert (by_path[f"{KEYS}/example.org"].kind, by_path[f"{KEYS}/example.org"].mode) == ("dir", "700")
     assert (directory / "shadow").read_text() == f"alice:{host.hashes['alice']}\n"
     assert host.hashes["alice"].startswith("$sha1$24680$")
 
@@ -290,12 +296,12 @@ def test_what_is_backed_up_comes_from_the_components():
         {"name": "bob", "password_env": "QMAILHOST_TEST_PASSWORD"}]})
     platform = netbsd("10")
     assert recovery.part_paths(recovery.backup_parts(platform), settings, platform) == [
-        "~alice/Maildir", "~bob/Maildir", f"{TLS}/cert.pem", f"{TLS}/key.pem", ARCHIVE]
+        "~alice/Maildir", "~bob/Maildir", KEYS, f"{TLS}/cert.pem", f"{TLS}/key.pem", ARCHIVE]
     from qmailhost import acme, tls
 
-    assert [part.restore for part in recovery.backup_parts(platform)] == [None, acme.restore, tls.restore, None]
+    assert [part.restore for part in recovery.backup_parts(platform)] == [None, acme.restore, None, tls.restore, None]
     assert recovery.part_paths(recovery.generic_parts(platform), settings, platform) == [
-        "~alice/Maildir", "~bob/Maildir", ARCHIVE]
+        "~alice/Maildir", "~bob/Maildir", KEYS, ARCHIVE]  # the keys: put back as files, never overwriting
     # ~user stays unquoted (the host's sh expands it), the rest is quoted.
     assert recovery.shell_word("~alice/Mail dir") == "~alice/'Mail dir'"
     assert recovery.shell_word("/var/lib/it's") == "'/var/lib/it'\"'\"'s'"
