@@ -7,7 +7,8 @@
     <component>/ one folder per component, with its templates and scripts, its settings,
                  status checks, platform data and backup contribution beside its code:
                  qmail, smtpd, submission, stunnel, tls, accounts, spamdyke, mess822,
-                 checkpassword, tmda, dns
+                 checkpassword, tmda, imap, acme, resolver, dkim
+                 (signing, Authentication-Results), dns (the records and their checks)
 
 deploy.py at the top of the project is the table of contents: one call per component.
 A component declares (``COMPONENT``, see core/component.py); the core collects.

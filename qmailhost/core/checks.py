@@ -39,6 +39,7 @@ from pyinfra.operations import python
 
 from qmailhost.core.component import Component, Listener, Setting, TlsPort, for_platform
 from qmailhost.core.dns import Dns, DnsError, resolv_conf_server
+from qmailhost.core.facts import HostState
 from qmailhost.core.platform import Platform
 from qmailhost.core.settings import Settings, SettingsError, boolean, password_from
 
@@ -142,8 +143,6 @@ class Target:
     @cached_property
     def host_state(self) -> dict:
         """The host's HostState (core/facts.py), read over SSH now: every component's probes."""
-        from qmailhost.core.facts import HostState
-
         script = "\n".join(probe.script(self.platform, self.settings)
                            for component in for_platform(self.platform) for probe in component.probes)
         return HostState().process(self.run(script + "\ntrue").splitlines())
