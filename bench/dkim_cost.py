@@ -12,10 +12,9 @@ assertion of the test suite.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
-from bench.run import machine, update_readme
+from bench.run import machine, publish
 from bench.tls_cost import PEER_DOMAIN, PEER_MX, inbound, outbound
 from harness import sandbox
 from harness.dns_server import DnsServer
@@ -79,11 +78,7 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     options = parser.parse_args()
     results = measure(options.messages, options.senders)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    print(text)
-    if options.readme:
-        update_readme(text, "bench-dkim")
+    publish(results, RESULTS, table(results), options.readme, "bench-dkim")
 
 
 if __name__ == "__main__":

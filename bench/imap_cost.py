@@ -10,7 +10,6 @@ README's IMAP table. Never an assertion of the test suite.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -18,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.run import QUIET, machine, mail_flows, update_readme
+from bench.run import QUIET, machine, mail_flows, publish
 from harness import imap, sandbox
 from harness.pyinfra_cli import PROJECT, pyinfra
 
@@ -79,11 +78,7 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     options = parser.parse_args()
     results = measure(options.before, options.runs)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    print(text)
-    if options.readme:
-        update_readme(text, "bench-imap")
+    publish(results, RESULTS, table(results), options.readme, "bench-imap")
 
 
 if __name__ == "__main__":

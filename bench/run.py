@@ -185,6 +185,15 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def publish(results: dict, path: Path, text: str, readme: bool, marker: str) -> None:
+    """RESULTS written to PATH (JSON), TEXT (its table) printed and, when README, put between
+    the README's MARKER lines."""
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(text)
+    if readme:
+        update_readme(text, marker)
+
+
 def update_readme(text: str, marker: str = "bench") -> None:
     """TEXT between the README's <!-- MARKER:start --> and <!-- MARKER:end --> lines."""
     readme = PROJECT / "README.md"

@@ -10,13 +10,12 @@ and with the peer in notlshosts (plaintext). Written to bench/results-tls.json a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import smtplib
 import threading
 import time
 
-from bench.run import machine, update_readme
+from bench.run import machine, publish
 from harness import sandbox
 from harness.dns_server import DnsServer
 from harness.mail import message, tls_context
@@ -137,11 +136,7 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     options = parser.parse_args()
     results = measure(options.messages, options.senders)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    print(text)
-    if options.readme:
-        update_readme(text, "bench-tls")
+    publish(results, RESULTS, table(results), options.readme, "bench-tls")
 
 
 if __name__ == "__main__":

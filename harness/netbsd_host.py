@@ -286,9 +286,9 @@ class NetBSDHost:
         """(domain, selector) -> the .dns file's text, for each key pair in the key directory."""
         entries, found = self.entries(), {}
         for path, entry in entries.items():
-            if m := re.fullmatch(rf"{re.escape(DKIM_KEYS)}/([^/]+)/([^/]+)\.dns", path):
-                if entry["type"] == "file" and entries.get(f"{path[:-4]}.key", {}).get("type") == "file":
-                    found[(m[1], m[2])] = entry["data"].decode()
+            m = re.fullmatch(rf"{re.escape(DKIM_KEYS)}/([^/]+)/([^/]+)\.dns", path)
+            if m and entry["type"] == "file" and entries.get(f"{path[:-4]}.key", {}).get("type") == "file":
+                found[(m[1], m[2])] = entry["data"].decode()
         return found
 
     @property
@@ -510,6 +510,9 @@ class NetBSDHost:
             self._temp[m[3]] = _sed(m[2], self._temp[m[3]])  # NetBSD's sed -i takes the suffix attached
         elif m := re.fullmatch(r"crontab -u root (/tmp/pyinfra-[0-9a-f]+)", command):
             self.crontab = self._temp.pop(m[1])
+        elif m := re.fullmatch(r"rm -f (/[\w./-]+)", command):  # a managed file removed (ops.absent_file)
+            for store in (self.files, self.contents, self.tree):
+                store.pop(m[1], None)
         elif m := re.fullmatch(_DKNEWKEY, command):
             self._dknewkey(m)
         elif m := re.fullmatch(_CERTONLY, command):
