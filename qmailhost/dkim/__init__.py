@@ -203,7 +203,7 @@ def configure(platform: Platform, settings: Settings) -> None:
             else:
                 held = _held_back(settings, platform) if held is None else held
                 backup = held.get(key_file(platform, key))
-                needed = True
+                needed = backup is None
                 why_not = f"the backup {backup} holds it: restore.py puts it back"
                 if backup:
                     host.log(f"The newest backup ({backup}) holds the DKIM key {key.selector} of {key.domain}: no "
