@@ -261,7 +261,8 @@ def test_disaster_recovery_drill(make_host, sources, tmp_path):
     _, records = read_manifest(backup)
     files = [r for r in records if r.kind == "file"]
     assert {r.path for r in files} == {p for p, info in mail_before.items() if info.startswith("f")} | {
-        "/etc/qmailhost/tls/cert.pem", "/etc/qmailhost/tls/key.pem"}
+        "/etc/qmailhost/tls/cert.pem", "/etc/qmailhost/tls/key.pem",
+        "/etc/qmailhost/dkim/keys/sandbox.test/mail.key", "/etc/qmailhost/dkim/keys/sandbox.test/mail.dns"}
     for record in files:
         assert (backup / record.stored).stat().st_ino == (earlier / record.stored).stat().st_ino, record.path
     assert [r.kind for r in records].count("message") == 1
