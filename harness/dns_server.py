@@ -46,6 +46,26 @@ def _question(query: bytes) -> tuple[str, int]:
     return ".".join(labels), offset + 1
 
 
+def zone_from_text(text: str) -> dict:
+    """A zone file's records (records.py prints one) as DnsServer serves them, read by
+    dnspython's zone parser: {(name, type): [values]}, a TXT value as its character-strings."""
+    from dns import rdatatype, zone
+
+    served: dict = {}
+    for name, node in zone.from_text(text, origin=".", relativize=False, check_origin=False).nodes.items():
+        for rdataset in node.rdatasets:
+            kind = rdatatype.to_text(rdataset.rdtype)
+            values = served.setdefault((name.to_text().rstrip(".").lower(), kind), [])
+            for rdata in rdataset:
+                if kind == "TXT":
+                    values.append([s.decode() for s in rdata.strings])
+                elif kind == "MX":
+                    values.append(rdata.exchange.to_text().rstrip("."))
+                else:
+                    values.append(rdata.to_text())
+    return served
+
+
 class DnsServer:
     """Answers from ZONE (a mapping, or a function (name, type) -> values) until closed."""
 

@@ -537,8 +537,8 @@ class NetBSDHost:
         assert new == f"{selector}.new", (new, selector)
         ktype = m["ktype"] or "rsa"
         if ktype == "rsa":  # openssl genrsa 2048 (PKCS#8), then the public half's base64 (a 2048-bit SPKI: 294 bytes)
-            private = ("-----BEGIN PRIVATE KEY-----\n" + base64.b64encode(secrets.token_bytes(1190)).decode()
-                       + "\n-----END PRIVATE KEY-----\n")
+            private = ("-----BEGIN MODEL KEY-----\n" + base64.b64encode(secrets.token_bytes(1190)).decode()
+                       + "\n-----END MODEL KEY-----\n")  # random bytes the size of one, never a real key
             public = "v=DKIM1; k=rsa; h=sha256; p=" + base64.b64encode(b"0\x82\x01\x22" + secrets.token_bytes(290)).decode()
         else:  # PyNaCl: the seed's base64, and the verify key's
             private = base64.b64encode(secrets.token_bytes(32)).decode() + "\n"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from harness import sandbox
-from harness.dns_server import DnsServer
+from harness.dns_server import DnsServer, zone_from_text
 from harness.mail import tls_context, wait_for_delivery
 from harness.peer import PostfixPeer, link
 from harness.pyinfra_cli import predicted_and_real, pyinfra
@@ -31,7 +31,7 @@ from qmailhost.core import checks
 from qmailhost.core.platform import debian
 from qmailhost.dns import txt_strings as dns_txt_strings
 
-dns_zone = pytest.importorskip("dns.zone", reason="dnspython is not installed (the test extra installs it)")
+pytest.importorskip("dns.zone", reason="dnspython is not installed (the test extra installs it)")
 dkim = pytest.importorskip("dkim", reason="dkimpy is not installed (the test extra installs it)")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
@@ -76,24 +76,10 @@ class World:
 
     def publish(self, zone_text: str) -> list[tuple[str, str]]:
         """Serve the printed records (as a name server loaded with that zone would)."""
-        published = []
-        parsed = dns_zone.from_text(zone_text, origin=".", relativize=False, check_origin=False)
-        for name, node in parsed.nodes.items():
-            owner = name.to_text().rstrip(".").lower()
-            for rdataset in node.rdatasets:
-                kind = dns_zone.dns.rdatatype.to_text(rdataset.rdtype)
-                values = []
-                for rdata in rdataset:
-                    if kind == "TXT":
-                        assert all(len(s) <= 255 for s in rdata.strings)
-                        values.append([s.decode() for s in rdata.strings])
-                    elif kind == "MX":
-                        values.append(rdata.exchange.to_text().rstrip("."))
-                    else:
-                        values.append(rdata.to_text())
-                self.zone[(owner, kind)] = values
-                published.append((owner, kind))
-        return published
+        records = zone_from_text(zone_text)
+        assert all(len(s) <= 255 for (_, kind), values in records.items() if kind == "TXT" for v in values for s in v)
+        self.zone.update(records)
+        return list(records)
 
     def close(self) -> None:
         if self.relays:

@@ -233,7 +233,7 @@ def configure(platform: Platform, settings: Settings) -> None:
 
 def dns_records(settings: Settings, state: dict) -> tuple[DnsRecord, ...]:
     """One TXT record per published key, with the public key the host holds."""
-    records = []
+    records, signing = [], signing_keys(settings)
     for key in published_keys(settings):
         name = f"{key.selector}._domainkey.{key.domain}"
         public = state["dkim_keys"].get((key.domain, key.selector))
@@ -241,7 +241,7 @@ def dns_records(settings: Settings, state: dict) -> tuple[DnsRecord, ...]:
             records.append(DnsRecord(name, "TXT", f"v=DKIM1; k={key.algorithm}; p=(no key on the host yet)", "dkim",
                                      comment="DKIM: the deploy makes this key (or restore.py puts it back)"))
             continue
-        role = "signs" if key in signing_keys(settings) else "retired: remove once mail signed with it is read"
+        role = "signs" if key in signing else "retired: remove once mail signed with it is read"
         records.append(DnsRecord(name, "TXT", public, "dkim", comment=f"DKIM {key.algorithm} key ({role})"))
     return tuple(records)
 
