@@ -162,15 +162,6 @@ def _restorable(settings: Settings, platform: Platform) -> Path | None:
     return directory if ok else None
 
 
-@operation()
-def certificate_ordered(command: str, needed: bool, why_not: str):
-    """A certificate from the CA (COMMAND) when NEEDED (decided once, by configure); else WHY_NOT."""
-    if not needed:
-        host.noop(why_not)
-        return
-    yield command
-
-
 def configure(platform: Platform, settings: Settings, pair: tls.Pair | None) -> tls.Pair:
     """Under ``tls: acme``, the CA's pair in place (ordered only when the host has none for its
     name), the hook and renewal script written; returns the pair as the TLS listeners' restarts
@@ -202,7 +193,7 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair | None) -> 
     # own restarts and reloads re-read it, once, as the dry run says (INSTALL_ONLY).
     trust = f"REQUESTS_CA_BUNDLE={shlex.quote(mine['ca'])} " if settings.acme_ca_bundle else ""
     bundle = f"{INSTALL_ONLY}=1 {trust}"
-    certificate_ordered(
+    ops.decided(
         name=f"Order a certificate for {settings.hostname} from the ACME CA",
         command=(f"{bundle}{paths.certbot} certonly --standalone --preferred-challenges http --http-01-port 80 "
                  f"--non-interactive --agree-tos --no-eff-email --email {shlex.quote(settings.acme_contact)} "

@@ -336,6 +336,16 @@ def user(user: str, group: str | None, home: str, shell: str, system: bool = Fal
 
 
 @operation()
+def decided(command: str, needed: bool, why_not: str):
+    """COMMAND when NEEDED, decided once by its caller from the facts (so the dry run and the
+    run agree, also under -y); else nothing, saying WHY_NOT (an ACME order, a DKIM key)."""
+    if not needed:
+        host.noop(why_not)
+        return
+    yield command
+
+
+@operation()
 def permissions(path: str, mode: str, user: str, group: str):
     """PATH (installed by a package) has this owner, group and MODE (e.g. 4750)."""
     current = managed_file(path)

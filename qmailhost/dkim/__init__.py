@@ -30,7 +30,6 @@ import shlex
 from dataclasses import dataclass
 
 from pyinfra import host, logger
-from pyinfra.api import operation
 
 from qmailhost import resolver
 from qmailhost.core import ops, recovery
@@ -154,15 +153,6 @@ def _held_back(settings: Settings, platform: Platform) -> dict[str, object]:
             if record.kind == "file" and record.path.startswith(key_dir(platform) + "/")}
 
 
-@operation()
-def key_made(command: str, needed: bool, why_not: str):
-    """A new key (COMMAND) when NEEDED (decided once, by configure); else WHY_NOT."""
-    if not needed:
-        host.noop(why_not)
-        return
-    yield command
-
-
 def _new_key_command(platform: Platform, key: Key) -> str:
     """Make KEY with dknewkey where only qmailr can read it, under a temporary name first: the
     public half is renamed last, so a key without it is made again (it was never published)."""
@@ -209,7 +199,7 @@ def configure(platform: Platform, settings: Settings) -> None:
                     host.log(f"The newest backup ({backup}) holds the DKIM key {key.selector} of {key.domain}: no "
                              "new key (DNS publishes the old one); mail from it waits until restore.py",
                              logger.warning)
-            key_made(name=f"Make the DKIM {key.algorithm} key {key.selector} for {key.domain}",
+            ops.decided(name=f"Make the DKIM {key.algorithm} key {key.selector} for {key.domain}",
                      command=_new_key_command(platform, key), needed=needed, why_not=why_not)
         ops.whole_file(name="Write the DKIM signing table", dest=mine["table"], content=_table(platform, settings))
         ops.whole_file(name="Install the DKIM signer (in place of qmail-remote)", dest=mine["signer"], mode="755",
