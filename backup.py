@@ -8,15 +8,15 @@ self-signed TLS pair, the TMDA archive if any), the password hashes, and with
 backup_queue the pending messages, listed and streamed with the platform's own tools
 (GNU find and tar on Debian; find, stat and pax on NetBSD). Unchanged messages are
 hard-linked from the previous backup, not fetched again; a full or unwritable
-backup_dir is refused before anything is written. See qmailhost/core/recovery.py.
+backup_dir is refused before anything is written. See qmailhost/recovery.py.
 """
 
 from pyinfra import host
 from pyinfra.operations import python
 
-from qmailhost.core import recovery
-from qmailhost.core.platform import detect
-from qmailhost.core.settings import Settings
+from qmailhost import recovery
+from qmailhost.platform import detect
+from qmailhost.settings import Settings
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
 options = recovery.options(settings)

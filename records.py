@@ -5,16 +5,16 @@
 Per domain: MX, the host's A/AAAA, SPF, DKIM (each key's public half, read from the host;
 long values split into strings of at most 255 characters), DMARC, TLS-RPT and the SRV
 records mail clients look for (RFC 6186, 8314). Every component declares its own
-(qmailhost/dns/ collects them); the status checks dns_* compare DNS with this same list.
+(tasks/dns.py collects them); the status checks dns_* compare DNS with this same list.
 Paste them into the zones (the names are absolute), then run verify.py.
 """
 
 from pyinfra import host
 
-from qmailhost import dns
-from qmailhost.core import facts
-from qmailhost.core.platform import detect
-from qmailhost.core.settings import Settings
+from qmailhost import facts
+from qmailhost.platform import detect
+from qmailhost.settings import Settings
+from tasks import dns
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
 platform = detect()

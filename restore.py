@@ -11,14 +11,14 @@ overwritten), password hashes set from a file through the platform's password to
 (chpasswd -e, or NetBSD's master.passwd rewrite), each part with a restore hook puts
 its own files back (the TLS pair replaced when it differs, then stunnel restarted),
 pending messages requeued once. A second restore changes nothing. See
-qmailhost/core/recovery.py.
+qmailhost/recovery.py.
 """
 
 from pyinfra import host
 
-from qmailhost.core import recovery
-from qmailhost.core.platform import detect
-from qmailhost.core.settings import Settings
+from qmailhost import recovery
+from qmailhost.platform import detect
+from qmailhost.settings import Settings
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
 options = recovery.options(settings)

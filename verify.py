@@ -2,7 +2,7 @@
 
     pyinfra inventory/<site>.py verify.py
 
-Runs every component's checks (qmailhost/core/checks.py collects them) from this laptop
+Runs every component's checks (qmailhost/checks.py collects them) from this laptop
 (SMTP, TLS, DNS) and over SSH (read-only, in the platform's dialect: the service
 backend's status, the queue, TMDA leftovers), prints a summary table, and exits
 non-zero when any check reports an error. It changes nothing on the host; deploy.py
@@ -11,9 +11,9 @@ runs the same checks at its end unless verify_after_deploy is false.
 
 from pyinfra import host
 
-from qmailhost.core import checks
-from qmailhost.core.platform import detect
-from qmailhost.core.settings import Settings
+from qmailhost import checks
+from qmailhost.platform import detect
+from qmailhost.settings import Settings
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
 checks.verify(settings, detect())

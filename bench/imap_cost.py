@@ -22,7 +22,7 @@ from harness import imap, sandbox
 from harness.pyinfra_cli import PROJECT, pyinfra
 
 RESULTS = PROJECT / "bench" / "results-imap.json"
-BEFORE = "6a4571e"  # main just before qmailhost/imap/ landed
+BEFORE = "6a4571e"  # main just before tasks/imap.py landed
 
 
 def bare(project: Path, name: str, login: bool) -> dict[str, float]:

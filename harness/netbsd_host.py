@@ -249,9 +249,7 @@ class NetBSDHost:
         assert f"openssl dgst -sha256 -r < {live}/fullchain.pem" in script, script
         assert f"crontab -l 2>/dev/null | grep -qF {ACME_DIR}/renew && echo acme_cron" in script, script
         users = re.search(r"for u in (.*); do", script)[1].split()
-        mode = self.contents.get("/var/lib/qmailhost/submission-mode")
-        return {"systemd": False, "svscan": False, "stamps": dict(self.stamps),
-                "mode": mode.strip() if mode else None,
+        return {"systemd": False, "stamps": dict(self.stamps),
                 "accounts": {u: self.accounts[u] for u in users if u in self.accounts},
                 "cert": copy.deepcopy(self.cert),
                 "acme": copy.deepcopy(self.acme), "acme_cron": self.acme_cron,
@@ -260,7 +258,7 @@ class NetBSDHost:
 
     def _probed(self, script: str) -> dict:
         """dkim/'s and dns/'s probes: the lines NetBSD's sh prints for them, parsed as HostState does."""
-        from qmailhost.core.facts import HostState
+        from qmailhost.facts import HostState
 
         # dkim_keys: each key directory's NAME.dns with its NAME.key beside it, newlines removed
         keys = (f"for f in {DKIM_KEYS}/*/*.dns; do [ -f \"$f\" ] && [ -f \"${{f%.dns}}.key\" ] && d=${{f%/*}} && "

@@ -74,9 +74,10 @@ def _answering(answer: Answer):
 
 
 def plan_deploy(data: dict, answer: Answer, name: str = "mail.example.org",
-                deploy: str = DEPLOY) -> list[tuple[str, list]]:
+                deploy: str = DEPLOY, grouped: bool = False) -> list[tuple[str, list]]:
     """The change plan of DEPLOY (deploy.py; or backup.py, restore.py, ...) for one host with
-    DATA whose facts ANSWER gives."""
+    DATA whose facts ANSWER gives. Each operation is named by its own name; with GROUPED, as
+    pyinfra prints it, after the component it belongs to ("stunnel | Write stunnel's config")."""
     deploy = str(deploy)
     inventory = Inventory(([(f"@fake/{name}", {**data, "fake_delay": 0, "fake_delay_jitter": 0})], {}))
     state = State(inventory, Config())
@@ -92,7 +93,8 @@ def plan_deploy(data: dict, answer: Answer, name: str = "mail.example.org",
             op_data = state.get_op_data_for_host(host, op_hash)
             commands = parse_commands(list(op_data.command_generator()))
             if commands:
-                plan.append((sorted(state.get_op_meta(op_hash).names)[0], commands))
+                full_name = sorted(state.get_op_meta(op_hash).names)[0]
+                plan.append((full_name if grouped else full_name.rsplit(" | ", 1)[-1], commands))
     return plan
 
 

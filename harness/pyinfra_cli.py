@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import sandbox
-from qmailhost.core.sources import PINS
+from qmailhost.sources import PINS
 
 PROJECT = Path(__file__).resolve().parent.parent
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))

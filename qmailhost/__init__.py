@@ -11,5 +11,5 @@
                  (signing, Authentication-Results), dns (the records and their checks)
 
 deploy.py at the top of the project is the table of contents: one call per component.
-A component declares (``COMPONENT``, see core/component.py); the core collects.
+A component declares (``COMPONENT``, see qmailhost/component.py); the core collects.
 """

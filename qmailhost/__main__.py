@@ -4,7 +4,7 @@ components declare them (the README's settings table is this list)."""
 import json
 import sys
 
-from qmailhost.core.settings import declared_settings
+from qmailhost.settings import declared_settings
 
 
 def _default(value) -> str:

@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
-from qmailhost import acme
-from qmailhost.core.checks import ERROR, OK, SKIPPED, WARNING, Target
-from qmailhost.core.platform import Platform, debian
-from qmailhost.core.settings import Settings
+from qmailhost.checks import ERROR, OK, SKIPPED, WARNING, Target
+from qmailhost.platform import Platform, debian
+from qmailhost.settings import Settings
+from tasks import acme
 
 
 @pytest.fixture

@@ -27,9 +27,9 @@ from harness.dns_server import DnsServer, zone_from_text
 from harness.mail import tls_context, wait_for_delivery
 from harness.peer import PostfixPeer, link
 from harness.pyinfra_cli import predicted_and_real, pyinfra
-from qmailhost.core import checks
-from qmailhost.core.platform import debian
-from qmailhost.dns import txt_strings as dns_txt_strings
+from qmailhost import checks
+from qmailhost.platform import debian
+from tasks.dns import txt_strings as dns_txt_strings
 
 pytest.importorskip("dns.zone", reason="dnspython is not installed (the test extra installs it)")
 dkim = pytest.importorskip("dkim", reason="dkimpy is not installed (the test extra installs it)")

@@ -1,4 +1,4 @@
-"""The two programs dkim/ puts on the host, run here as qmail would run them, and checked by
+"""The two programs tasks/dkim.py puts on the host (files/dkim/), run here as qmail would run them, and checked by
 dkimpy's own verifier (the library a receiver's filter uses) and a resolver over UDP.
 
 - sign.py in place of qmail-remote: signs for a signing domain and execs the real
@@ -22,12 +22,16 @@ import pytest
 dkim = pytest.importorskip("dkim", reason="dkimpy is not installed (the test extra installs it)")
 resolver_module = pytest.importorskip("dns.resolver", reason="dnspython is not installed (the test extra)")
 
-from harness.dns_server import DnsServer  # noqa: E402
-from qmailhost import dkim as component  # noqa: E402
-from qmailhost.dkim import authres  # noqa: E402
-from qmailhost.dns import txt_strings  # noqa: E402
+import importlib.util  # noqa: E402
 
-SCRIPTS = Path(component.__file__).parent
+from harness.dns_server import DnsServer  # noqa: E402
+from qmailhost.files import path as file_path  # noqa: E402
+from tasks.dns import txt_strings  # noqa: E402
+
+SCRIPTS = file_path("dkim/sign.py").parent
+_spec = importlib.util.spec_from_file_location("authres", file_path("dkim/authres.py"))
+authres = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(authres)
 DOMAIN, SELECTOR = "example.org", "mail"
 MESSAGE = (b"From: Alice <alice@example.org>\nTo: bob@peer.example.net\nSubject: caf\xc3\xa9 test\n"
            b"Date: Wed, 02 Dec 2026 12:00:00 +0000\nMessage-ID: <1@example.org>\n\n"

@@ -1,4 +1,4 @@
-"""The DNS records (qmailhost/dns/, each component's dns_records) and the checks that compare
+"""The DNS records (tasks/dns.py, each component's dns_records) and the checks that compare
 DNS with them, against a small DNS server on loopback, with a host state as the probes
 read it. The printed zone is parsed back by dnspython (a zone parser nobody here wrote):
 every record, the DKIM key split into strings of at most 255 characters, and the same
@@ -14,11 +14,11 @@ import time
 import pytest
 
 from harness.dns_server import DnsServer, zone_from_text
-from qmailhost import dns
-from qmailhost.core import checks
-from qmailhost.core import dns as resolver_module
-from qmailhost.core.platform import debian
-from qmailhost.core.settings import Settings, SettingsError
+from qmailhost import checks
+from qmailhost import dns_lookup as resolver_module
+from qmailhost.platform import debian
+from qmailhost.settings import Settings, SettingsError
+from tasks import dns
 
 HOSTNAME, DOMAIN, ADDRESS = "mail.qmailhost-verify.net", "qmailhost-verify.net", "192.0.2.25"
 # A real RSA-2048 public key's DNS value (392 characters of base64): it needs two strings.

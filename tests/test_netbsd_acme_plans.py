@@ -25,10 +25,10 @@ from pyinfra.api import FunctionCommand
 from harness import netbsd_host
 from harness.netbsd_host import ROOT_CRONTAB, NetBSDHost, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, uploaded
-from qmailhost import acme, tls
-from qmailhost.core import platform as platforms
-from qmailhost.core import recovery
-from qmailhost.core.settings import SettingsError
+from qmailhost import platform as platforms
+from qmailhost import recovery
+from qmailhost.settings import SettingsError
+from tasks import acme, tls
 from tests.test_netbsd_recovery_plans import BACKUP, RESTORE, execute
 from tests.test_netbsd_recovery_plans import plan as recovery_plan
 
@@ -144,9 +144,9 @@ def test_a_bare_host_installs_certbot_and_writes_the_hook_and_renewal_script(bar
     commands = commands_of(plan)
     install = commands[0]
     assert install.startswith("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install ")
-    # pkgsrc's certbot beside the base packages and dkim/'s (py313-dkim, py313-spf)
-    assert install.split()[4:] == ["qmail-run", "stunnel", "checkpassword", "ucspi-tcp", "unbound", "dovecot",
-                                   "py313-certbot", "py313-dkim", "py313-spf"]
+    # pkgsrc's certbot beside the other components' packages (in component order: tasks/)
+    assert install.split()[4:] == ["py313-certbot", "checkpassword", "py313-dkim", "py313-spf", "dovecot",
+                                   "qmail-run", "ucspi-tcp", "unbound", "stunnel"]
     assert f"mkdir -p {MINE}" in commands and f"chown root:wheel {MINE} && chmod 700 {MINE}" in commands
     for script in (HOOK, RENEW):  # root's only, written whole, before the order runs the hook
         assert f"chown root:wheel {script}.qmailhost-new && chmod 700 {script}.qmailhost-new " \

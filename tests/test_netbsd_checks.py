@@ -14,10 +14,10 @@ import pytest
 
 from harness.netbsd_host import NetBSDHost
 from harness.plan_harness import plan_deploy
-from qmailhost.core import checks
-from qmailhost.core.platform import netbsd
-from qmailhost.core.settings import Settings
-from qmailhost.core.templates import read
+from qmailhost import checks
+from qmailhost.files import read
+from qmailhost.platform import netbsd
+from qmailhost.settings import Settings
 
 LINUX_ONLY = ("svstat", "svok", "/etc/service", "-printf", "getent shadow", "sha256sum", "stat -c", "dpkg",
               "/etc/init.d", "systemctl")
@@ -134,7 +134,7 @@ def test_every_other_check_is_a_network_probe_that_never_asks_the_host(deployed)
     refused = OSError("no network to a model host")
     with mock.patch("smtplib.SMTP.__init__", side_effect=refused), \
             mock.patch("socket.create_connection", side_effect=refused), \
-            mock.patch("qmailhost.core.dns.Dns.lookup", side_effect=refused):
+            mock.patch("qmailhost.dns_lookup.Dns.lookup", side_effect=refused):
         for check in others:
             result = checks._run_one(check, target)  # an AssertionError from no_shell would propagate
             assert result.status in (checks.ERROR, checks.SKIPPED, checks.OK), result

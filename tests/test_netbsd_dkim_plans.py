@@ -21,11 +21,11 @@ from pyinfra.api import FunctionCommand
 from harness import netbsd_host
 from harness.netbsd_host import NetBSDHost, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, uploaded
-from qmailhost import dkim
-from qmailhost.core import platform as platforms
-from qmailhost.core import recovery
-from qmailhost.core.settings import Settings
-from qmailhost.core.templates import read
+from qmailhost import platform as platforms
+from qmailhost import recovery
+from qmailhost.files import read
+from qmailhost.settings import Settings
+from tasks import dkim
 from tests.test_netbsd_recovery_plans import BACKUP, RESTORE, execute
 from tests.test_netbsd_recovery_plans import plan as recovery_plan
 
@@ -131,7 +131,7 @@ def test_a_bare_host_installs_the_packages_and_makes_one_key(bare):
     commands = commands_of(plan)
     install = commands[0]
     assert install.startswith("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install ")
-    assert install.split()[-2:] == ["py313-dkim", "py313-spf"]
+    assert install.split()[5:7] == ["py313-dkim", "py313-spf"]  # after checkpassword: in component order
     assert key_commands(plan) == [key_command("example.org", "mail")]
     assert [name for name, c in plan if key_command("example.org", "mail") in c] == [
         "Make the DKIM rsa key mail for example.org"]
@@ -178,7 +178,7 @@ def test_a_bare_host_applied_holds_a_private_key_and_then_plans_nothing(bare):
 
 def _script() -> str:
     """The HostState script a deploy of the default settings runs on NetBSD."""
-    from qmailhost.core.component import for_platform
+    from qmailhost.registry import for_platform
 
     settings = Settings.from_host_data(deploy_data(**HERMETIC), inventory_name="mail.example.org")
     return "\n".join(probe.script(NETBSD, settings) for component in for_platform(NETBSD)
@@ -316,7 +316,7 @@ def test_authentication_results_off_removes_qmailqueue_and_the_filter(converged)
 def test_both_off_installs_neither_package():
     plan = plan_deploy(deploy_data(**HERMETIC, dkim=False, authentication_results=False), NetBSDHost().answer)
     commands = commands_of(plan)
-    assert commands[0].split()[4:] == ["qmail-run", "stunnel", "checkpassword", "ucspi-tcp", "unbound", "dovecot"]
+    assert commands[0].split()[4:] == ["checkpassword", "dovecot", "qmail-run", "ucspi-tcp", "unbound", "stunnel"]
     assert not [c for c in commands if MINE in c]
     assert "QMAILREMOTE" not in uploaded(plan, "/etc/rc.conf.d/qmailsend")
     assert "QMAILQUEUE" not in uploaded(plan, "/etc/rc.conf.d/qmailsmtpd")

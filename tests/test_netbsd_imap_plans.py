@@ -15,9 +15,9 @@ from pyinfra.api.exceptions import OperationError
 
 from harness.netbsd_host import NetBSDHost, bare_plan, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
-from qmailhost import imap, tls
-from qmailhost.core import platform as platforms
-from qmailhost.core.settings import Settings
+from qmailhost import platform as platforms
+from qmailhost.settings import Settings
+from tasks import imap, tls
 
 CONFIG = "/usr/pkg/etc/dovecot/dovecot.conf"
 RC_CONF = "/etc/rc.conf.d/dovecot"

@@ -21,8 +21,8 @@ from passlib.hash import sha1_crypt
 
 from harness.netbsd_host import NetBSDHost, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
-from qmailhost.core import ops
-from qmailhost.core import platform as platforms
+from qmailhost import ops
+from qmailhost import platform as platforms
 
 CASES = Path(__file__).resolve().parent / "plans" / "netbsd"
 
@@ -113,7 +113,7 @@ def test_bare_host_in_ofmipd_mode(bare_plan):
     assert_netbsd_only(plan)
     # spamdyke is not a binary package: pkgsrc builds it with tls (tests/test_netbsd_tls_plans.py).
     assert commands[0] == ("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install "
-                           "qmail-run stunnel checkpassword ucspi-tcp unbound dovecot py313-dkim py313-spf")
+                           "checkpassword py313-dkim py313-spf dovecot qmail-run ucspi-tcp unbound stunnel")
     # Each option is in /etc/mk.conf before its package is built, and the build cleans up after itself.
     for package, option in (("mess822", "sasl"), ("spamdyke", "tls")):
         assert index(commands, f"PKG_OPTIONS.{package}+=\t{option}") \

@@ -19,9 +19,9 @@ from pyinfra.api import FunctionCommand
 from harness import plan_harness
 from harness.netbsd_host import MTIME_NS, NetBSDHost, vis
 from harness.plan_harness import PROJECT, plan_deploy
-from qmailhost.core import recovery
-from qmailhost.core.platform import DEBIAN_PASSWORD_APPLY, DEBIAN_SHELL, NETBSD_PASSWORD_APPLY, debian, netbsd
-from qmailhost.core.settings import Settings
+from qmailhost import recovery
+from qmailhost.platform import DEBIAN_PASSWORD_APPLY, DEBIAN_SHELL, NETBSD_PASSWORD_APPLY, debian, netbsd
+from qmailhost.settings import Settings
 
 BACKUP, RESTORE = PROJECT / "backup.py", PROJECT / "restore.py"
 # What must never reach a NetBSD host: GNU find, tar and du, Linux's shadow tools, GNU stat.
@@ -297,7 +297,7 @@ def test_what_is_backed_up_comes_from_the_components():
     platform = netbsd("10")
     assert recovery.part_paths(recovery.backup_parts(platform), settings, platform) == [
         "~alice/Maildir", "~bob/Maildir", KEYS, f"{TLS}/cert.pem", f"{TLS}/key.pem", ARCHIVE]
-    from qmailhost import acme, tls
+    from tasks import acme, tls
 
     assert [part.restore for part in recovery.backup_parts(platform)] == [None, acme.restore, None, tls.restore, None]
     assert recovery.part_paths(recovery.generic_parts(platform), settings, platform) == [

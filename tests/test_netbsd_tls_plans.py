@@ -19,8 +19,10 @@ from pyinfra.api.exceptions import OperationError
 
 from harness.netbsd_host import NetBSDHost, bare_plan, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
+from qmailhost import platform as platforms
 from qmailhost.backends import pkgsrc
-from qmailhost.core import platform as platforms
+from qmailhost.registry import needs
+from qmailhost.settings import Settings
 
 QMAIL_CHECK = "pkg_info -Q PKG_OPTIONS qmail"
 SPAMDYKE_CHECK = 'case "$(/usr/pkg/bin/spamdyke -v 2>&1 </dev/null | head -1)" in *+TLS*)'
@@ -48,7 +50,7 @@ def test_a_bare_host_checks_qmails_tls_and_builds_spamdyke_with_tls(bare):
     assert "Build spamdyke with tls (/etc/mk.conf)" in names
     assert "Check that spamdyke says +TLS" in names
     # qmail comes with qmail-run, then its recorded options are checked before anything uses it.
-    assert index(commands, "pkgin -y install qmail-run") < index(commands, QMAIL_CHECK) \
+    assert index(commands, "qmail-run ucspi-tcp") < index(commands, QMAIL_CHECK) \
         < index(commands, "/etc/rc.d/qmailsend start")
     # spamdyke: the option line, the build, the proof, then port 25.
     assert "echo 'PKG_OPTIONS.spamdyke+=\ttls\t# managed by qmailhost' >> /etc/mk.conf" in commands
@@ -251,13 +253,14 @@ def facts(**answers):
     return answer, asked
 
 
-def test_the_platform_data_names_what_pkgsrc_does_by_default_and_what_it_builds():
-    assert NETBSD.pkgsrc_default_options == (("mail/qmail", "qmail", ("tls",)),)
-    assert ("mail/spamdyke", "spamdyke", ("tls",)) in NETBSD.pkgsrc_builds
-    assert ("mail/mess822", "mess822", ("sasl",)) in NETBSD.pkgsrc_builds
-    assert "spamdyke" not in NETBSD.base_packages
-    assert [(p, r, m) for p, r, m, _ in NETBSD.pkgsrc_proofs] == [("spamdyke", REPORT, "+TLS")]
-    debian = platforms.debian("13")
+def test_the_components_name_what_pkgsrc_does_by_default_and_what_it_builds():
+    netbsd = needs(NETBSD, Settings.from_host_data(deploy_data()))
+    assert netbsd.pkgsrc_default_options == (("mail/qmail", "qmail", ("tls",)),)
+    assert ("mail/spamdyke", "spamdyke", ("tls",)) in netbsd.pkgsrc_builds
+    assert ("mail/mess822", "mess822", ("sasl",)) in netbsd.pkgsrc_builds
+    assert "spamdyke" not in netbsd.packages
+    assert [(p, r, m) for p, r, m, _ in netbsd.pkgsrc_proofs] == [("spamdyke", REPORT, "+TLS")]
+    debian = needs(platforms.debian("13"), Settings.from_host_data(deploy_data()))
     assert (debian.pkgsrc_builds, debian.pkgsrc_default_options, debian.pkgsrc_proofs) == ((), (), ())
 
 

@@ -22,7 +22,7 @@ import pytest
 from harness import imap, sandbox
 from harness.mail import submit, tls_context, wait_for_delivery
 from harness.pyinfra_cli import host_listing, pyinfra
-from qmailhost.core.recovery import backups_in, read_manifest
+from qmailhost.recovery import backups_in, read_manifest
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import pytest
 
 from harness import sandbox
 from harness.pyinfra_cli import LOCAL_MIRROR, host_listing, pyinfra
-from qmailhost.core.sources import PINS
+from qmailhost.sources import PINS
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qmailhost.core.settings import Settings, SettingsError, declared_settings
+from qmailhost.settings import Settings, SettingsError, declared_settings
 
 
 def settings(**data):

@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
-from qmailhost.core.settings import SettingsError
-from qmailhost.core.sources import PINS, DistfileError, fetch, resolve
+from qmailhost.settings import SettingsError
+from qmailhost.sources import PINS, DistfileError, fetch, resolve
 
 
 def test_pins_are_the_upstream_releases():

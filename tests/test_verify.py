@@ -1,4 +1,4 @@
-"""The status checks (verify.py, qmailhost/core/checks.py and each component's) against one deployed throwaway host.
+"""The status checks (verify.py, qmailhost/checks.py and each component's) against one deployed throwaway host.
 
 The host is deployed once for the module; then it is broken one way at a time over
 SSH, and each time exactly the matching check must report an error while every other
@@ -16,9 +16,9 @@ import pytest
 
 from harness import sandbox
 from harness.pyinfra_cli import pyinfra
-from qmailhost.core import checks
-from qmailhost.core.platform import debian
-from qmailhost.core.settings import Settings, SettingsError
+from qmailhost import checks
+from qmailhost.platform import debian
+from qmailhost.settings import Settings, SettingsError
 
 pytestmark = pytest.mark.e2e
 
@@ -199,8 +199,8 @@ def test_the_checks_at_the_end_of_a_deploy_see_what_its_operations_did(deployed,
     deploy = tmp_path / "leave_tmdarc.py"
     deploy.write_text(
         "from pyinfra import host\nfrom pyinfra.operations import server\n"
-        "from qmailhost.core import checks\nfrom qmailhost.core.platform import detect\n"
-        "from qmailhost.core.settings import Settings\n"
+        "from qmailhost import checks\nfrom qmailhost.platform import detect\n"
+        "from qmailhost.settings import Settings\n"
         "settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)\n"
         "platform = detect()\n"
         "server.shell(name='Leave a TMDA piece behind', commands=['touch /etc/tmdarc'])\n"

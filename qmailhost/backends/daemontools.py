@@ -16,12 +16,14 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.operations import systemd
 
+from qmailhost import ops
 from qmailhost.backends.services import Service
-from qmailhost.core import ops
-from qmailhost.core.component import Component, Probe
-from qmailhost.core.facts import host_state
-from qmailhost.core.platform import Platform
-from qmailhost.core.templates import render
+from qmailhost.component import Component, Needs, Probe
+from qmailhost.facts import host_state
+from qmailhost.files import render
+from qmailhost.platform import Platform
+
+SERVICE_BACKEND = "daemontools"  # found by qmailhost/registry.py under this name
 
 _NEW_LINKS: dict[str, list[str]] = {}  # host name -> services this run links for the first time
 
@@ -38,7 +40,8 @@ def _down_script(platform: Platform, settings) -> str:
 
 COMPONENT = Component(
     name="daemontools",
-    probes=(_flag("systemd", "[ -d /run/systemd/system ]"), _flag("svscan", "pgrep -x svscan >/dev/null 2>&1"),
+    needs=lambda _platform, _settings: Needs(packages=("daemontools", "daemontools-run", "procps")),
+    probes=(_flag("systemd", "[ -d /run/systemd/system ]"),
             Probe("down", _down_script, lambda lines: {fields[0] for fields in lines if fields}, set)),
     managed_roots=lambda p: (f"3:{p.supervise_dir}", f"1:{p.service_dir}", f"1:{p.log_dir}"),
 )
@@ -57,7 +60,7 @@ def declare(platform: Platform, service: Service) -> None:
     ops.directory(name=f"Create the log directory of {name}", path=f"{platform.log_dir}/{name}",
                   user="qmaill", group="root", mode="750")
     ops.whole_file(name=f"Write the log run script of {name}", dest=f"{directory}/log/run", mode="755",
-                   content=render("backends/daemontools-log.run", service=name, log_dir=platform.log_dir))
+                   content=render("backends/daemontools-log.run.j2", service=name, log_dir=platform.log_dir))
     ops.whole_file(name=f"Write the run script of {name}", dest=f"{directory}/run", mode="755",
                    content=service.run)
     link = f"{platform.service_dir}/{name}"

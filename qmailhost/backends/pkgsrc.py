@@ -23,6 +23,8 @@ from pyinfra import host
 from pyinfra.api import FactBase, operation
 from pyinfra.api.exceptions import OperationError
 
+PACKAGE_BACKEND = "pkgin"  # found by qmailhost/registry.py under this name
+
 PKGIN = "/usr/pkg/bin/pkgin"
 MK_CONF = "/etc/mk.conf"
 PKGSRC = "/usr/pkgsrc"
@@ -205,20 +207,20 @@ def reports(package: str, report: str, marker: str, meaning: str, pkgpath: str |
            f"*) echo {shlex.quote(runtime)} >&2; exit 1 ;; esac")
 
 
-def install(platform, extra: tuple[str, ...] = ()) -> None:
-    """The platform's binary packages (and EXTRA) and the default options it relies on, then
-    its pkgsrc builds, then what the built programs say of themselves."""
-    binary_packages(name="Install the base packages", packages=[*platform.base_packages, *extra])
-    for pkgpath, package, options in platform.pkgsrc_default_options:
+def install(platform, needs) -> None:
+    """The binary packages the components need and the default options they rely on, then
+    their pkgsrc builds, then what the built programs say of themselves (NEEDS: component.Needs)."""
+    binary_packages(name="Install the base packages", packages=list(needs.packages))
+    for pkgpath, package, options in needs.pkgsrc_default_options:
         has_default_options(name=f"Check that {package} has its default option(s) {' '.join(options)}",
                             pkgpath=pkgpath, package=package, options=list(options))
-    for pkgpath, package, options in platform.pkgsrc_builds:
+    for pkgpath, package, options in needs.pkgsrc_builds:
         mk_conf_options(name=f"Build {package} with {' '.join(options)} (/etc/mk.conf)",
                         package=package, options=list(options))
         built_with_options(name=f"Build and install {package} from pkgsrc", pkgpath=pkgpath,
                            package=package, options=list(options))
-    builds = {package: (pkgpath, options) for pkgpath, package, options in platform.pkgsrc_builds}
-    for package, report, marker, meaning in platform.pkgsrc_proofs:
+    builds = {package: (pkgpath, options) for pkgpath, package, options in needs.pkgsrc_builds}
+    for package, report, marker, meaning in needs.pkgsrc_proofs:
         pkgpath, options = builds.get(package, (None, ()))
         reports(name=f"Check that {package} says {marker}", package=package, report=report, marker=marker,
                 meaning=meaning, pkgpath=pkgpath, options=tuple(options))

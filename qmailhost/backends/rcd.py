@@ -25,10 +25,12 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FactBase, operation
 
+from qmailhost import ops
 from qmailhost.backends.services import Service
-from qmailhost.core import ops
-from qmailhost.core.facts import host_state
-from qmailhost.core.platform import Platform
+from qmailhost.facts import host_state
+from qmailhost.platform import Platform
+
+SERVICE_BACKEND = "rcd"  # found by qmailhost/registry.py under this name
 
 
 class RcdService(FactBase):
@@ -152,7 +154,7 @@ def tcpserver(platform: Platform, hostname: str, user: str, host_: str, port: in
         ("tcphost", host_),
         ("tcpport", str(port)),
         ("tcprules", cdb.removesuffix(".cdb")),
-        ("autocdb", "NO"),  # qmailhost compiles the cdb when the rules change (core/tcprules.py)
+        ("autocdb", "NO"),  # qmailhost compiles the cdb when the rules change (qmailhost/tcprules.py)
     ]
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-from qmailhost.core.platform import Platform
+from qmailhost import registry
+from qmailhost.platform import Platform
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,20 @@ class Service:
 
 
 def backend(platform: Platform) -> ModuleType:
-    from qmailhost.backends import daemontools, rcd
-
-    return {"daemontools": daemontools, "rcd": rcd}[platform.service_backend]
+    """The platform's service backend: the module of qmailhost/backends/ whose
+    SERVICE_BACKEND is the platform's service_backend (found by the registry)."""
+    return registry.service_backend(platform.service_backend)
 
 
 def declare(platform: Platform, service: Service) -> None:
     backend(platform).declare(platform, service)
+
+
+def supervisor(platform: Platform) -> None:
+    """What must run before any service (svscan; or the base system's MTA stopped)."""
+    backend(platform).supervisor(platform)
+
+
+def settle(platform: Platform) -> None:
+    """Once every service is declared: wait until the new ones run."""
+    backend(platform).settle(platform)

@@ -3,8 +3,8 @@
 from pyinfra import host
 
 from qmailhost.backends import packages
-from qmailhost.core.platform import detect
-from qmailhost.core.settings import Settings
+from qmailhost.platform import detect
+from qmailhost.settings import Settings
 
 Settings.from_host_data(host.data.dict(), inventory_name=host.name)
-packages.install(detect())
+packages.install(detect(), Settings.from_host_data(host.data.dict(), inventory_name=host.name))

@@ -1,0 +1,191 @@
+"""Sources: pinned upstream release files, fetched on the laptop and verified.
+
+Each component's release file is downloaded with requests into the laptop's distfile
+cache, checked against its pinned SHA512 and only then uploaded to the host, so a
+rebuild after a disk failure does not depend on upstream sites still being there.
+Inventory data (``sources``) can override a component's version, URL and checksum;
+a distfile cache named explicitly (``distfiles`` or $QMAILHOST_DISTFILES) may carry
+a SHA512SUMS file whose sums override the pins for the files it lists.
+A checksum mismatch is refused before anything is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pyinfra import logger
+from pyinfra.api.exceptions import PyinfraError
+
+from qmailhost.settings import SettingsError
+
+
+@dataclass(frozen=True)
+class Distfile:
+    component: str
+    version: str
+    filename: str
+    url: str
+    sha512: str
+    size: int | None = None
+    pinned_by: str = "qmailhost's pins"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A component's release file: where it is for any VERSION, and the sums of the pinned one."""
+
+    component: str
+    version: str
+    filename: str  # with {version}
+    url: str  # with {version}
+    sha512: str
+    size: int
+
+    def distfile(self, version: str | None = None, **changes) -> Distfile:
+        version = version or self.version
+        pinned = version == self.version
+        return Distfile(self.component, version, self.filename.format(version=version),
+                        self.url.format(version=version), self.sha512 if pinned else "",
+                        self.size if pinned else None, **changes)
+
+
+# Checksums from NetBSD pkgsrc's distinfo files (see shared/upstream.md).
+_PINS = (
+    Pin("notqmail", "1.08", "notqmail-{version}.tar.gz",
+        "https://github.com/notqmail/notqmail/releases/download/notqmail-{version}/notqmail-{version}.tar.gz",
+        "eca97f74a20522e85435fa76015a72adcc040e1acc401cbdbd7f55f41a720fabc6f251e606ff1d236e44de295f066538"
+        "ec42aca415b4344c1cd15964f38c7085", 225713),
+    # Frederik Vermeulen's qmail-tls patch for notqmail 1.08 (its home: inoa.net/qmail-tls/).
+    # No published checksum was found: this pin is the SHA512 of the patch as the notqmail
+    # repository carries it (branch patches/history/smtp-tls: `git diff bf692cf bff4ee9`,
+    # the 1.08 release commit and the patch's merge onto it). A file fetched from the home
+    # page may differ: compare, then set sources.qmail-tls-patch.sha512 (README).
+    Pin("qmail-tls-patch", "20231230", "notqmail-1.08-tls-{version}.patch",
+        "https://inoa.net/qmail-tls/notqmail-1.08-tls-{version}.patch",
+        "416b15e10dd429aedd9f75666a0fd994e445fff3572c707853bbf5ce1c7a9da71645aee6d8e4418331a8e2351d3310"
+        "696843a5cfe2d4c1e5f76be38050882cfc", 42543),
+    Pin("mess822", "0.58", "mess822-{version}.tar.gz", "http://cr.yp.to/software/mess822-{version}.tar.gz",
+        "5fb30f06dfa08f60dc8760f9c5d692e59397ff848441bc94313a079bac8fb53b779133b48abae9b487dff6fbb277d5"
+        "210a9690a138366bf4d34f052d661be65e", 64287),
+    Pin("mess822-auth-patch", "2004", "mess822-smtp-auth-patch.txt",
+        "http://qmail.gurus.org/mess822-smtp-auth-patch.txt",
+        "6c8c3317fee977f091245f428225b34fc6a229814a6f4fee59249407ae3367afae7feff62c324d93b19b900fac03bb"
+        "b7f28dff12f36995fc7c20c0ae87afeac3", 30031),
+    Pin("checkpassword", "0.90", "checkpassword-{version}.tar.gz",
+        "http://cr.yp.to/checkpwd/checkpassword-{version}.tar.gz",
+        "301d574c9f2c4c7fef6afb98818f424a43f644e456c6268234e73da898710b0f4b6797a80d240c270c5319398574349"
+        "bedf6a2c9757e432f293f85ec8c01f51f", 15631),
+    Pin("spamdyke", "5.0.1", "spamdyke-{version}.tgz", "http://www.spamdyke.org/releases/spamdyke-{version}.tgz",
+        "a022c8a8d4a8d74f5249f8e2d901d3de423ee853bbaffaf7e86cece1d19880d9039135892ef6ccb8a2a0fb11532c48"
+        "7402dc97a8dd6d89c9de431752c55f6eb9", 383720),
+)
+RELEASES: dict[str, Pin] = {pin.component: pin for pin in _PINS}
+PINS: dict[str, Distfile] = {pin.component: pin.distfile() for pin in _PINS}  # the pinned release files
+
+
+class DistfileError(PyinfraError):
+    """A distfile that cannot be had or does not match its checksum (one line)."""
+
+
+def resolve(overrides: dict, cache: Path, explicit_cache: bool) -> dict[str, Distfile]:
+    """The distfile of every component, after inventory overrides and SHA512SUMS."""
+    unknown = sorted(set(overrides) - set(PINS))
+    if unknown:
+        raise SettingsError("sources", f"unknown component {unknown[0]!r}", f"use one of: {', '.join(PINS)}")
+    distfiles = {name: _override(release, overrides.get(name) or {}) for name, release in RELEASES.items()}
+    sums_file = cache / "SHA512SUMS"
+    if explicit_cache and sums_file.exists():
+        sums = _read_sums(sums_file)
+        for name, distfile in distfiles.items():
+            if distfile.filename in sums and sums[distfile.filename] != distfile.sha512:
+                distfiles[name] = replace(distfile, sha512=sums[distfile.filename], size=None,
+                                          pinned_by=str(sums_file))
+        overridden = [d.filename for d in distfiles.values() if d.pinned_by == str(sums_file)]
+        if overridden:
+            logger.warning(
+                f"!!! qmailhost: {sums_file} OVERRIDES the pinned SHA512 of {', '.join(overridden)}: "
+                "these are not the upstream release files")
+    return distfiles
+
+
+def _override(pin: Pin, override: dict) -> Distfile:
+    setting = f"sources.{pin.component}"
+    if not isinstance(override, dict):
+        raise SettingsError(setting, "must be a mapping", "give {\"version\": ..., \"url\": ..., \"sha512\": ...}")
+    unknown = sorted(set(override) - {"version", "url", "sha512"})
+    if unknown:
+        raise SettingsError(setting, f"unknown key {unknown[0]!r}", "use version, url and sha512")
+    if not override:
+        return pin.distfile()
+    version = str(override.get("version", pin.version))
+    sha512 = override.get("sha512")
+    if version != pin.version and not sha512:
+        raise SettingsError(setting, f"no pinned checksum for version {version}",
+                            f"set {setting}.sha512 to the release file's SHA512")
+    if sha512 is not None and not (isinstance(sha512, str) and len(sha512) == 128
+                                   and all(c in "0123456789abcdef" for c in sha512)):
+        raise SettingsError(setting, "sha512 is not 128 lower-case hex digits", "paste the full SHA512 sum")
+    distfile = pin.distfile(version, pinned_by="the inventory")
+    if "url" in override:
+        distfile = replace(distfile, url=override["url"], filename=override["url"].rsplit("/", 1)[-1])
+    return replace(distfile, sha512=sha512 or distfile.sha512, size=None if sha512 else distfile.size)
+
+
+def _read_sums(path: Path) -> dict[str, str]:
+    sums = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and len(parts[0]) == 128:
+            sums[parts[1].lstrip("*")] = parts[0]
+    return sums
+
+
+def sha512_of(path: Path) -> str:
+    digest = hashlib.sha512()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch(distfile: Distfile, cache: Path) -> Path:
+    """The verified local copy of DISTFILE, downloaded into CACHE when missing."""
+    path = cache / distfile.filename
+    if not path.exists():
+        _download(distfile, cache, path)
+    actual = sha512_of(path)
+    if actual != distfile.sha512:
+        raise DistfileError(
+            f"distfile {path}: SHA512 {actual[:16]}… does not match {distfile.sha512[:16]}… "
+            f"(pinned by {distfile.pinned_by}); delete the file to download it again, or set "
+            f"sources.{distfile.component}.sha512 if you trust this file")
+    return path
+
+
+def _download(distfile: Distfile, cache: Path, path: Path) -> None:
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DistfileError(f"distfile cache {cache} cannot be created ({error.strerror}); "
+                            "set distfiles or $QMAILHOST_DISTFILES to a writable directory") from None
+    import requests  # only when a download is needed: a converged run never pays for the import
+
+    partial = path.with_name(path.name + ".part")
+    logger.info(f"qmailhost: downloading {distfile.url}")
+    try:
+        with requests.get(distfile.url, stream=True, timeout=30) as response:
+            response.raise_for_status()
+            with open(partial, "wb") as handle:
+                for block in response.iter_content(1 << 16):
+                    handle.write(block)
+    except (requests.RequestException, OSError) as error:
+        partial.unlink(missing_ok=True)
+        reason = str(error).splitlines()[0][:160]
+        raise DistfileError(
+            f"distfile {distfile.filename} cannot be downloaded from {distfile.url} ({reason}); "
+            f"put the file into {cache} by hand or point sources.{distfile.component}.url at a mirror"
+        ) from None
+    os.replace(partial, path)
