@@ -8,7 +8,7 @@ self-signed TLS pair, the TMDA archive if any), the password hashes, and with
 backup_queue the pending messages, listed and streamed with the platform's own tools
 (GNU find and tar on Debian; find, stat and pax on NetBSD). Unchanged messages are
 hard-linked from the previous backup, not fetched again; a full or unwritable
-backup_dir is refused before anything is written. See qmailhost/recovery.py.
+backup_dir is refused before anything is written. See qmailhost/recovery/.
 """
 
 from pyinfra import host

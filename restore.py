@@ -11,7 +11,7 @@ overwritten), password hashes set from a file through the platform's password to
 (chpasswd -e, or NetBSD's master.passwd rewrite), each part with a restore hook puts
 its own files back (the TLS pair replaced when it differs, then stunnel restarted),
 pending messages requeued once. A second restore changes nothing. See
-qmailhost/recovery.py.
+qmailhost/recovery/.
 """
 
 from pyinfra import host

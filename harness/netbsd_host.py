@@ -20,7 +20,7 @@ pyinfra 3's server.crontab does (crontab -l into a temporary file, echo or sed -
 crontab FILE; a cron_name is a "# pyinfra-name=NAME" comment line above its entry);
 ``issue()`` stands for a renewal by cron, ``run_hook()`` for the hook certbot renew runs.
 
-DKIM (dkim/): pkgsrc's dkimpy (mail/py-dkim as py313-dkim) installs its key maker unsuffixed,
+DKIM (tasks/dkim.py): pkgsrc's dkimpy (mail/py-dkim as py313-dkim) installs its key maker unsuffixed,
 /usr/pkg/bin/dknewkey (PLIST bin/dknewkey, PYTHON_SELF_CONFLICT=yes); run in a key directory,
 ``dknewkey [--ktype ed25519] NAME`` writes NAME.key and NAME.dns there (base openssl for RSA,
 PyNaCl for ed25519). The model makes a new key pair each time and the dkim_keys probe reads
@@ -92,7 +92,7 @@ ROOT_CRONTAB = [
 ]
 
 
-# dkim/ from pkgsrc for its default Python (lang/python/pyversion.mk: 313): mail/py-dkim (dkimpy,
+# tasks/dkim.py from pkgsrc for its default Python (lang/python/pyversion.mk: 313): mail/py-dkim (dkimpy,
 # PKGNAME ${PYPKGPREFIX}-dkim) and mail/py-spf (pyspf); dknewkey is bin/dknewkey (not suffixed).
 DKIM_PACKAGES = ("py313-dkim", "py313-spf")
 DKNEWKEY = "/usr/pkg/bin/dknewkey"
@@ -242,7 +242,7 @@ class NetBSDHost:
     def _fact_HostState(self, script):
         assert "openssl dgst -sha256 -r" in script and "/etc/master.passwd" in script, script
         assert "sha256sum" not in script and "getent shadow" not in script, script
-        # acme/'s probes, read where pkgsrc's certbot keeps its lineage and where cron reads root's crontab
+        # tasks/acme.py's probes, read where pkgsrc's certbot keeps its lineage and where cron reads root's crontab
         live = f"{LETSENCRYPT['config']}/live/{LINEAGE}"
         assert f"[ -f {LETSENCRYPT['config']}/renewal/{LINEAGE}.conf ] && [ -f {live}/fullchain.pem ]" in script, \
             script
@@ -257,7 +257,7 @@ class NetBSDHost:
                 **self._probed(script)}
 
     def _probed(self, script: str) -> dict:
-        """dkim/'s and dns/'s probes: the lines NetBSD's sh prints for them, parsed as HostState does."""
+        """tasks/dkim.py's and tasks/dns.py's probes: the lines NetBSD's sh prints for them, parsed as HostState does."""
         from qmailhost.facts import HostState
 
         # dkim_keys: each key directory's NAME.dns with its NAME.key beside it, newlines removed
@@ -520,7 +520,7 @@ class NetBSDHost:
         else:
             raise AssertionError(f"the NetBSD model does not know what this does: {command}")
 
-    # --- dkim/: pkgsrc's dknewkey
+    # --- tasks/dkim.py: pkgsrc's dknewkey
     def _dknewkey(self, m: re.Match) -> None:
         """The key command: under umask 077, the domain's directory (qmailr's, 700), then dknewkey
         writes NAME.key and NAME.dns in it (root's, 600 under that umask, group from the parent as

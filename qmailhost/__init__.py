@@ -1,15 +1,18 @@
-"""qmailhost: a personal qmail mail host, as code (pyinfra 3).
+"""qmailhost: the library the tasks share (pyinfra 3). It names no component.
 
-    core/        the framework: settings, platform data, facts, operations, sources and
-                 builds, templates, tcprules, the component registry, the status-check
-                 runner, the DNS stub resolver, backup and restore
-    backends/    service backends (daemontools, rc.d) and package backends (apt, pkgin)
-    <component>/ one folder per component, with its templates and scripts, its settings,
-                 status checks, platform data and backup contribution beside its code:
-                 qmail, smtpd, submission, stunnel, tls, accounts, spamdyke, mess822,
-                 checkpassword, tmda, imap, acme, resolver, dkim
-                 (signing, Authentication-Results), dns (the records and their checks)
+    settings.py    every component's settings, collected and validated once
+    platform.py    paths, users, tools and backend names per platform, decided once from facts
+    component.py   what a component declares (Component, Needs, Setting, Probe, ...)
+    registry.py    finds the components (tasks/) and the backends (backends/) by looking
+    facts.py       one HostState fact from the components' probes; one ManagedTree fact
+    ops.py         operations of our own (whole files, secrets, users, stamps)
+    sources.py     pinned distfiles, verified on the laptop; builds.py: builds on the host
+    files.py       reads and renders the project's files/ (templates end in .j2)
+    tcprules.py    tcpserver's rules; checks.py: the check runner and the common checks
+    dns_lookup.py  a stub resolver for the checks; recovery/: backup and restore
+    backends/      services (daemontools, rc.d) and packages (apt, pkgin and pkgsrc)
 
-deploy.py at the top of the project is the table of contents: one call per component.
-A component declares (``COMPONENT``, see qmailhost/component.py); the core collects.
+deploy.py at the top of the project is the table of contents: one call per component
+(tasks/<component>.py, its host files in files/<component>/). A component declares
+(``COMPONENT``); the library collects.
 """

@@ -61,7 +61,7 @@ class Listener:
 
 @dataclass(frozen=True)
 class TlsPort:
-    """A port that serves TLS under the one policy (tls/): STARTTLS after the greeting (25,
+    """A port that serves TLS under the one policy (tasks/tls.py): STARTTLS after the greeting (25,
     587, 143), or TLS from the first byte (465, 993). ROLE: what it is for, as the checks
     report it; PROTOCOL: what is spoken on it, "smtp", "imap" or "pop3"."""
 
@@ -73,7 +73,7 @@ class TlsPort:
 
 @dataclass(frozen=True)
 class PairReader:
-    """A service that holds the TLS pair (tls/) in memory and re-reads it on a reload (HUP):
+    """A service that holds the TLS pair (tasks/tls.py) in memory and re-reads it on a reload (HUP):
     reloaded when the pair is replaced under it (an ACME renewal, a restore), so no
     connection is cut. STAMP: which of its stamps measures the pair, "restart" or "reload"
     (measured again after, so the next deploy sees nothing to do). A service that reads the

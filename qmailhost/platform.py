@@ -43,7 +43,7 @@ class Shell:
     password_field: str  # prints the password hash of user "$u"
     find_mtimes: str  # find(1) arguments printing each file's mtime (seconds since the epoch)
     gnu_find: bool = False  # find -printf and sha256sum over many files: a tree in two processes
-    # What backup and restore (qmailhost/recovery.py) run. The defaults are Debian's (GNU).
+    # What backup and restore (qmailhost/recovery/) run. The defaults are Debian's (GNU).
     # find(1) arguments printing one record per file or directory found:
     # "E<TAB>type<TAB>size<TAB>mtime (s.ns)<TAB>octal mode<TAB>owner<TAB>group<TAB>path", each
     # ended by list_end; the type is find's %y (f, d) or stat's %HT (Regular File, Directory).

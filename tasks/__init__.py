@@ -1,0 +1,16 @@
+"""The components, one module each (their host files in files/<name>/), and the mail path:
+
+    Internet :25    -> tcpserver -> spamdyke (STARTTLS, DNSBL) -> qmail-smtpd       smtpd, spamdyke
+                    -> Authentication-Results filter -> qmail-queue                 dkim
+    client :587/465 -> stunnel (TLS) -> ofmipd (AUTH, checkpassword) on :26         stunnel, submission,
+                                                                                    mess822, checkpassword
+    qmail-send      -> qmail-local -> ~/Maildir                                     qmail, accounts
+                    -> DKIM signer -> qmail-remote (TLS) -> Internet                dkim, qmail
+    client :993/143 -> Dovecot (PAM) -> ~/Maildir                                   imap
+    every TLS port  <- one pair and one policy (self-signed, files, or ACME)        tls, acme
+    spamdyke, checks-> unbound on 127.0.0.1:53                                      resolver
+    records.py      <- the DNS records every component declares                     dns
+    retired         <- TMDA's pieces, archived then removed                         tmda
+
+Each module defines ``COMPONENT`` (qmailhost/component.py), found by qmailhost/registry.py.
+"""

@@ -6,7 +6,7 @@ sha1-crypt, its native one) and set on the host through a file, only when the ho
 current hash does not verify the password; the hash itself never crosses the wire
 back. checkpassword reads them from /etc/shadow (NetBSD: /etc/master.passwd).
 Backups carry every account's Maildir (a restore adds the messages the host lacks)
-and its password hash (qmailhost/recovery.py, through the platform's password file).
+and its password hash (qmailhost/recovery/, through the platform's password file).
 """
 
 import shlex

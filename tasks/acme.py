@@ -1,4 +1,4 @@
-"""ACME: the TLS pair (tls/) issued by a certificate authority, under ``tls: acme``.
+"""ACME: the TLS pair (tasks/tls.py) issued by a certificate authority, under ``tls: acme``.
 
 - The client is certbot from the platform's packages, with its standalone HTTP-01 server on
   port 80 (no web server needed): the host's name must lead to this host, and port 80 must
@@ -16,7 +16,7 @@
 - Renewal runs on the host without the laptop: a supervised loop under daemontools (no
   systemd timer needed, as in the built-in host), cron on NetBSD; ``renew.sh`` records each
   outcome. A failure keeps the pair in service; the status check ``acme_renewal`` warns,
-  and errors when the certificate is near expiry (tls/'s expiry check does too).
+  and errors when the certificate is near expiry (tasks/tls.py's expiry check does too).
 - Backups carry certbot's config dir (the account key, the lineage's archive and renewal
   config); its ``live/`` links are rebuilt on restore.
 """
@@ -61,7 +61,7 @@ DIRECTORIES = {
 class Paths:
     certbot: str
     packages: tuple[str, ...]
-    config_dir: str  # certbot's: accounts/, archive/, live/, renewal/
+    config_dir: str  # certbot's: tasks/accounts.py, archive/, live/, renewal/
     work_dir: str
     logs_dir: str
     renew_by: str  # "service": a supervised loop; "cron": the base system's cron
@@ -166,7 +166,7 @@ def _restorable(settings: Settings, platform: Platform) -> Path | None:
 def configure(platform: Platform, settings: Settings, pair: tls.Pair | None) -> tls.Pair:
     """Under ``tls: acme``, the CA's pair in place (ordered only when the host has none for its
     name), the hook and renewal script written; returns the pair as the TLS listeners' restarts
-    see it. Otherwise PAIR (tls/'s) unchanged."""
+    see it. Otherwise PAIR (tasks/tls.py's) unchanged."""
     if settings.tls != "acme":
         return pair
     paths, mine = PATHS[platform.name], files(platform)
@@ -258,7 +258,7 @@ def lineage_links(config_dir: str):
 
 def restore(platform: Platform, settings: Settings, backup) -> None:
     """certbot's config dir from BACKUP (account, archive, renewal config) where the host's
-    differs, its live/ links made again; the pair itself is tls/'s restore."""
+    differs, its live/ links made again; the pair itself is tasks/tls.py's restore."""
     config_dir = PATHS[platform.name].config_dir
     records = sorted((r for r in backup.host_files().values()
                       if r.path == config_dir or r.path.startswith(config_dir + "/")), key=lambda r: r.path)

@@ -1,7 +1,7 @@
 """DKIM: outbound mail signed for the host's domains; inbound mail on port 25 told what it is.
 
 - Signing, the qmail way: qmail-send runs ``sign.py`` in place of qmail-remote (notqmail's
-  qmail-rspawn honours QMAILREMOTE, set in qmail/'s start), as qmailr. It signs mail whose
+  qmail-rspawn honours QMAILREMOTE, set in tasks/qmail.py's start), as qmailr. It signs mail whose
   envelope sender is in one of ``domains`` with that domain's keys and execs the real
   qmail-remote; any failure to sign is qmail-remote's temporary failure, so the message
   waits in the queue and nothing unsigned leaves. The signing table beside it lists the
@@ -17,10 +17,10 @@
   domain waits in the queue until then.
 - Inbound: qmail-smtpd queues through ``authres.py`` (QMAILQUEUE), which prepends an
   ``Authentication-Results:`` header with each DKIM signature's result and SPF of the
-  envelope sender, asking the host's own resolver (resolver/), and removes any forged one
+  envelope sender, asking the host's own resolver (tasks/resolver.py), and removes any forged one
   in this host's name (``authentication_results``).
 - The DNS records it needs (one TXT per key) are declared for records.py and compared with
-  DNS by the dns/ checks; its own check says each signing key is in place and private.
+  DNS by the tasks/dns.py checks; its own check says each signing key is in place and private.
 """
 
 from __future__ import annotations

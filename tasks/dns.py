@@ -2,7 +2,7 @@
 
 The host never edits DNS itself. Each component declares the records it needs
 (``Component.dns_records``): this one the mail domain's own (MX, the host's A/AAAA, SPF,
-DMARC, TLS-RPT), dkim/ a TXT record per key, stunnel/ and imap/ their SRV records
+DMARC, TLS-RPT), tasks/dkim.py a TXT record per key, tasks/stunnel.py and tasks/imap.py their SRV records
 (RFC 6186, 8314). ``records.py`` prints them all in zone-file form (``zone_text``), with
 long TXT values split into strings of at most 255 characters; the status checks compare
 what DNS publishes with that same list, one check per kind, naming each record missing or

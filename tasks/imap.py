@@ -5,18 +5,18 @@ the password the account submits with.
   configuration language differs; NetBSD: pkgsrc's mail/dovecot2). Which language the
   whole dovecot.conf is written in is platform data (``LANGUAGES``); the run checks that
   the installed Dovecot speaks it before starting it, and stops with a one-line fix if not.
-- Passwords: PAM over the system accounts (accounts/), the same hash checkpassword reads
+- Passwords: PAM over the system accounts (tasks/accounts.py), the same hash checkpassword reads
   (2.4 has no shadow or checkpassword driver). Messages and flags stay in the Maildir;
   Dovecot's indexes and caches, which it rebuilds, go to ~/.dovecot-index, outside what a
   backup carries.
 - Implicit TLS on ``imaps_port`` (993) and STARTTLS on ``imap_port`` (143; null turns it
-  off), no password before TLS, the one TLS policy and pair (tls/); POP3 on ``pop3s_port``
+  off), no password before TLS, the one TLS policy and pair (tasks/tls.py); POP3 on ``pop3s_port``
   (995) only when set.
 - Supervised like the other services (daemontools, in the foreground; rc.d on NetBSD):
   restarted when its config changes, reloaded (HUP) when only the pair does, so sessions
   stay up. Debian's own systemd units are stopped and disabled where systemd runs.
 - Status checks: ``verify_account`` logs in on every IMAP port and opens INBOX; a wrong
-  password is refused; on 143, LOGIN before STARTTLS is refused. The TLS checks (tls/)
+  password is refused; on 143, LOGIN before STARTTLS is refused. The TLS checks (tasks/tls.py)
   cover its ports too.
 """
 

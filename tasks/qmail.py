@@ -3,8 +3,8 @@
 notqmail is built from its pinned release into /var/qmail (Debian) or comes from
 pkgsrc's qmail package (NetBSD: NEEDS decides). Its
 control files are managed as whole files (diffable with --dry --diff); qmail-send
-delivers to each user's ./Maildir/. Neighbours: qmail-smtpd (port 25, smtpd/) and
-ofmipd (submission/) queue through qmail-queue; qmail-send picks the mail up. Its
+delivers to each user's ./Maildir/. Neighbours: qmail-smtpd (port 25, tasks/smtpd.py) and
+ofmipd (tasks/submission.py) queue through qmail-queue; qmail-send picks the mail up. Its
 status check watches the queue (queue.sh, read-only).
 
 Outbound TLS: how qmail-remote (built with the qmail-tls patch, files/qmail/build.sh) treats each peer.
@@ -162,7 +162,7 @@ def configure(platform: Platform, settings: Settings, remote: str | None = None)
 
 
 def _rc(platform: Platform, remote: str | None) -> str:
-    """qmail-send's start; QMAILREMOTE (notqmail's qmail-rspawn) names the DKIM signer (dkim/)."""
+    """qmail-send's start; QMAILREMOTE (notqmail's qmail-rspawn) names the DKIM signer (tasks/dkim.py)."""
     signer = f"QMAILREMOTE={remote} " if remote else ""
     why = f", sending through {remote}" if remote else ""
     return (f"#!/bin/sh\n# qmail-send's start: deliver to ./Maildir/ (control/defaultdelivery){why}\n"

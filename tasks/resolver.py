@@ -1,4 +1,4 @@
-"""The host's own caching resolver: unbound on 127.0.0.1:53, asked by spamdyke (spamdyke/)
+"""The host's own caching resolver: unbound on 127.0.0.1:53, asked by spamdyke (tasks/spamdyke.py)
 for its DNS blocklists and rDNS checks.
 
 Why a resolver of its own: DNS blocklists such as Spamhaus refuse queries that reach them

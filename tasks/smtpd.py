@@ -1,14 +1,14 @@
 """qmail-smtpd on port 25: mail from the Internet for the local domains.
 
 tcpserver (0.0.0.0:25, rules in smtp.rules: relaying only from 127.0.0.1) runs
-spamdyke's filters and STARTTLS (spamdyke/), then qmail-smtpd, as qmaild with the group
-that may read the TLS key (tls/); the TLS policy reaches spamdyke's OpenSSL through
+spamdyke's filters and STARTTLS (tasks/spamdyke.py), then qmail-smtpd, as qmaild with the group
+that may read the TLS key (tasks/tls.py); the TLS policy reaches spamdyke's OpenSSL through
 OPENSSL_CONF. TLS is opportunistic (RFC 3207): a sender without it is still accepted.
-qmail-smtpd's own TLS (the qmail-tls patch, qmail/) stays off: it offers STARTTLS only
+qmail-smtpd's own TLS (the qmail-tls patch, tasks/qmail.py) stays off: it offers STARTTLS only
 with control/servercert.pem, which qmailhost never writes, so inbound TLS has one owner.
 Control files, rules, spamdyke's config and the pair are read per connection: only a
 changed service definition (run script, rc.conf.d file) restarts it. With
-authentication_results, qmail-smtpd queues through dkim/'s filter (QMAILQUEUE), which
+authentication_results, qmail-smtpd queues through tasks/dkim.py's filter (QMAILQUEUE), which
 adds the DKIM and SPF results. Its status
 checks: port 25 offers STARTTLS, takes mail for the local domains and refuses to relay
 for a stranger.

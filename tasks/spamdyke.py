@@ -1,5 +1,5 @@
-"""spamdyke: the filter in front of qmail-smtpd on port 25 (smtpd/), and its STARTTLS, and
-in submission mode "spamdyke" the SMTP AUTH front of stock ofmipd (submission/, where
+"""spamdyke: the filter in front of qmail-smtpd on port 25 (tasks/smtpd.py), and its STARTTLS, and
+in submission mode "spamdyke" the SMTP AUTH front of stock ofmipd (tasks/submission.py, where
 stunnel ends TLS). Built from its pinned release with TLS (build.sh refuses a build
 without it). Its config files, the TLS pair and the policy's OpenSSL config are read by
 every new connection, so changing them (or a renewed pair) restarts nothing.

@@ -1,7 +1,7 @@
-"""stunnel: TLS for submission in front of the submission mode's listener (submission/:
+"""stunnel: TLS for submission in front of the submission mode's listener (tasks/submission.py:
 ofmipd on 127.0.0.1:26; tmda-ofmipd on 127.0.0.1:8025): STARTTLS on 587, and implicit
 TLS on 465 (RFC 8314; ``submissions_port``, null turns it off), both under the one TLS
-policy (tls/). Under daemontools it runs in the foreground, as nobody:qmailtls from its
+policy (tasks/tls.py). Under daemontools it runs in the foreground, as nobody:qmailtls from its
 start (setpriv: never root, only allowed to bind ports below 1024); under rc.d it detaches,
 reading the key as root before its own setuid. Restarted by a deploy when its config or
 the TLS pair changes; reloaded (HUP: sessions stay up) when a renewal or a restore

@@ -1,11 +1,11 @@
 """Mail submission: ofmipd on 127.0.0.1:26, in one of the submission modes.
 
-A mode says who does SMTP AUTH behind stunnel (stunnel/); each is a small object of the
+A mode says who does SMTP AUTH behind stunnel (tasks/stunnel.py); each is a small object of the
 same shape: the program tcpserver runs (wrapper, ofmipd, its arguments), the files it
 needs, the packages it adds, which listener takes submissions (ofmipd, or TMDA's
-tmda-ofmipd on 8025) and whether TMDA's pieces stay (tmda/). Applying a mode writes its
+tmda-ofmipd on 8025) and whether TMDA's pieces stay (tasks/tmda.py). Applying a mode writes its
 files, removes every other mode's, describes the submission service for the platform's
-service backend and restarts that one service; the ofmipd builds (mess822/) are
+service backend and restarts that one service; the ofmipd builds (tasks/mess822.py) are
 already on the host. The host records the active mode in /var/lib/qmailhost/submission-mode.
 Its status checks: AUTH is required after STARTTLS, a wrong password fails, the test
 account may send, and the mode on the host is the one asked for.

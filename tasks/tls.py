@@ -1,12 +1,12 @@
 """TLS: the one certificate, key and policy every TLS listener serves: stunnel on 587 and
-465 (stunnel/), spamdyke's STARTTLS on 25 (smtpd/, spamdyke/), Dovecot (imap/).
+465 (tasks/stunnel.py), spamdyke's STARTTLS on 25 (tasks/smtpd.py, tasks/spamdyke.py), Dovecot (tasks/imap.py).
 
 The pair (``tls``) is from the laptop (``files``: the key transferred as a secret, never
 diffed or printed), self-signed on the host once (``self-signed``: kept across runs, made
 again only when the host name changes or it nears expiry), or issued by an ACME CA
-(``acme``: acme/ puts it here). The key is 640 root:qmailtls: stunnel reads it as root
+(``acme``: tasks/acme.py puts it here). The key is 640 root:qmailtls: stunnel reads it as root
 (and as nobody:qmailtls on a reload), spamdyke as qmaild with the group qmailtls
-(smtpd/), nobody else. It never leaves the host, except into a backup: a pair made on the
+(tasks/smtpd.py), nobody else. It never leaves the host, except into a backup: a pair made on the
 host is carried by backups and put back by a restore, which then reloads every reader of
 the pair (``reader_commands``: each component's ``pair_readers``). The policy (``tls_policy``,
 POLICIES) is data rendered once per consumer: stunnel's options, and an OpenSSL config
@@ -151,7 +151,7 @@ def self_signed_certificate(hostname: str, cert: str, key: str, days: int = 825)
 @deploy("tls")
 def configure(platform: Platform, settings: Settings) -> Pair | None:
     """Put the policy in place, and a self-signed or the laptop's pair; returns the pair as the
-    TLS listeners' restarts see it (None under ``tls: acme``: acme/ puts that pair in place)."""
+    TLS listeners' restarts see it (None under ``tls: acme``: tasks/acme.py puts that pair in place)."""
     ops.group(name=f"Create group {KEY_GROUP} (may read the TLS key)", group=KEY_GROUP, tools=platform.accounts)
     ops.whole_file(name="Write the TLS policy for OpenSSL (spamdyke)", dest=policy_config_path(platform),
                    content=render("tls/openssl-policy.cnf.j2", policy=policy(settings)))
@@ -194,7 +194,7 @@ def _tls_cert(value, _values=None) -> Path | None:
 SOURCES = {
     "self-signed": "made on the host once, renewed there",
     "files": "the laptop's `tls_cert` and `tls_key`",
-    "acme": "issued by an ACME CA and renewed on the host (acme/)",
+    "acme": "issued by an ACME CA and renewed on the host (tasks/acme.py)",
 }
 
 
@@ -251,7 +251,7 @@ def reader_commands(platform: Platform) -> list[tuple[str, str, list[str]]]:
     """For every reader of the pair (each component's ``pair_readers``): how it re-reads it
     ("Reload", or "Restart" where its rc.d script cannot reload), its service, and the
     commands that do so if it runs, then measure its stamp again (so the next deploy restarts
-    nothing). What a renewal's hook (acme/) and a restore run after replacing the pair."""
+    nothing). What a renewal's hook (tasks/acme.py) and a restore run after replacing the pair."""
     backend = services.backend(platform)
     measured = measure(platform, paths(platform)[0])  # as configure() measures it
     stamps = {"restart": backend.restart_stamp, "reload": backend.reload_stamp}

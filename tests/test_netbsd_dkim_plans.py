@@ -1,4 +1,4 @@
-"""NetBSD command plans for dkim/ (no NetBSD host; see test_netbsd_plans.py): DKIM signing in
+"""NetBSD command plans for tasks/dkim.py (no NetBSD host; see test_netbsd_plans.py): DKIM signing in
 place of qmail-remote (QMAILREMOTE in qmailsend's rc.conf.d postenv: qmail-run's script runs
 `env - ${qmailsend_postenv} qmail-start ...`, and notqmail's qmail-rspawn reads it) and the
 Authentication-Results filter in front of qmail-queue (QMAILQUEUE in qmailsmtpd's postenv).
@@ -351,7 +351,7 @@ def test_a_bare_host_whose_backup_lacks_the_key_makes_it(converged, tmp_path):
     settings = {"backup_dir": str(tmp_path / "backups")}
     old = converged.copy()
     for path in [p for p in old.tree if p.startswith(f"{KEYS}/")]:
-        del old.tree[path]  # a backup from before dkim/
+        del old.tree[path]  # a backup from before tasks/dkim.py
     execute(old, recovery_plan(old, BACKUP, deploy_data(**settings)))
     assert key_commands(plan_deploy(deploy_data(**settings), NetBSDHost().answer)) == [
         key_command("example.org", "mail")]

@@ -31,7 +31,7 @@ LINUX_ONLY = ("getent shadow", "-printf", "sha256sum", "chpasswd -e", "stat -c",
 MAILDIR = "/home/alice/Maildir"
 ARCHIVE = "/var/lib/qmailhost/tmda-archive"
 TLS = "/usr/pkg/etc/qmailhost/tls"
-KEYS = "/usr/pkg/etc/qmailhost/dkim/keys"  # dkim/'s keys (the deploy made one for example.org)
+KEYS = "/usr/pkg/etc/qmailhost/dkim/keys"  # tasks/dkim.py's keys (the deploy made one for example.org)
 MESSAGES = {  # path -> (content, mtime in ns)
     f"{MAILDIR}/new/1700000001.M1P1.mail.example.org": (b"Subject: one\n\nfirst\n", 1_700_000_001_123_456_789),
     f"{MAILDIR}/cur/1700000002.M2P2.mail.example.org:2,S": (b"Subject: two\n\nseen\n", 1_700_000_002_000_000_001),
@@ -104,7 +104,7 @@ def execute(host: NetBSDHost, planned: list[tuple[str, list]]) -> list[str]:
     for name, commands in planned:
         for command in commands:
             if isinstance(command, FunctionCommand):
-                with mock.patch.object(recovery, "host", log):
+                with mock.patch.object(recovery.backup, "host", log):
                     command.function(*command.args, **command.kwargs)
             else:
                 host.apply([(name, [command])])

@@ -119,7 +119,7 @@ def test_qmailsmtpd_carries_openssl_conf_and_the_qmailtls_group(bare):
     _, plan = bare
     rc_conf = uploaded(plan, "/etc/rc.conf.d/qmailsmtpd")
     # qmail-run's script runs `env - ${qmailsmtpd_postenv} ...`: the whole environment spamdyke gets
-    # (and qmail-smtpd after it: QMAILQUEUE, dkim/'s Authentication-Results filter).
+    # (and qmail-smtpd after it: QMAILQUEUE, tasks/dkim.py's Authentication-Results filter).
     assert 'qmailsmtpd_postenv="OPENSSL_CONF=/usr/pkg/etc/qmailhost/tls/openssl-policy.cnf ' \
            'QMAILQUEUE=/usr/pkg/etc/qmailhost/dkim/qmail-queue"\n' in rc_conf
     assert 'qmailsmtpd_tcpflags="-v -R -H -l mail.example.org -u $(id -u qmaild) ' \

@@ -20,10 +20,16 @@ from qmailhost import ops
 from qmailhost.backends.services import Service
 from qmailhost.component import Component, Needs, Probe
 from qmailhost.facts import host_state
-from qmailhost.files import render
 from qmailhost.platform import Platform
 
 SERVICE_BACKEND = "daemontools"  # found by qmailhost/registry.py under this name
+
+# Every service's log: multilog, as qmaill, timestamped, 10 files of 1 MB.
+LOG_RUN = """\
+#!/bin/sh
+# {service}'s log: multilog, as qmaill, timestamped, 10 files of 1 MB.
+exec setuidgid qmaill multilog t s1000000 n10 {log_dir}/{service}
+"""
 
 _NEW_LINKS: dict[str, list[str]] = {}  # host name -> services this run links for the first time
 
@@ -60,7 +66,7 @@ def declare(platform: Platform, service: Service) -> None:
     ops.directory(name=f"Create the log directory of {name}", path=f"{platform.log_dir}/{name}",
                   user="qmaill", group="root", mode="750")
     ops.whole_file(name=f"Write the log run script of {name}", dest=f"{directory}/log/run", mode="755",
-                   content=render("backends/daemontools-log.run.j2", service=name, log_dir=platform.log_dir))
+                   content=LOG_RUN.format(service=name, log_dir=platform.log_dir))
     ops.whole_file(name=f"Write the run script of {name}", dest=f"{directory}/run", mode="755",
                    content=service.run)
     link = f"{platform.service_dir}/{name}"

@@ -1,0 +1,141 @@
+"""Recovery: what backup.py and restore.py share.
+
+A backup carries what a rebuilt host needs that the inventory does not hold: the files
+the components declare (their BackupPart: accounts, every account's Maildir; tls, the
+self-signed pair; tmda, the TMDA archive), the accounts' password hashes and, with
+backup_queue, the queue's pending messages. It is a dated directory on the laptop,
+<backup_dir>/<UTC timestamp>/, everything in it mode 600 (directories 700), since mail
+is as private as keys:
+
+    manifest.json          one record per line: sha256 and size of every stored file;
+                           path, owner, group, mode and mtime of every host file
+    manifest.json.sha256   the manifest's own sum
+    files/<host path>      the components' files: Maildir messages, the TLS pair, the TMDA archive
+    shadow                 the accounts' "name:hash" lines (the platform's password_apply input)
+    queue/<id>.msg, .env   pending messages and their qmail-queue envelopes
+
+Transfer: bulk data crosses as one tar stream over OpenSSH's `ssh`, run on the laptop
+with the inventory's ssh_* host data (key authentication only). pyinfra's files.get
+and files.put make one SFTP round trip per file, and its shell commands return
+decoded text lines, unfit for binary data. Unchanged messages (same Maildir folder,
+unique name, size and mtime as listed on the host) are hard-linked from the previous
+backup and not transferred again. Restore adds only what the host lacks: it never
+deletes or overwrites mail there; a component with its own restore hook (tls) puts its
+files back itself.
+
+Platform: every command run on the host comes from the platform's shell dialect
+(qmailhost/platform.py Shell: the listing, the tar streams, the hash and digest tools) and
+its password_apply, so the scripts here hold only POSIX sh. A part's paths are shell
+words such as ~alice/Maildir, expanded on the host (shell_word).
+
+The package, by concern (each module's header says more):
+
+    common.py     RecoveryError, and the options the recovery settings give (Options, options)
+    remote.py     the SSH side: Remote (scripts and tar streams over ssh), remote_for
+    parts.py      what is backed up: the components' BackupParts, as words for the host's shell
+    manifest.py   files and the manifest: Record, stored paths, vis(3) names, read_manifest and
+                  write_manifest, the backups on this laptop (backups_in, newest_backup)
+    backup.py     backup: plan_backup (prepare phase, read-only), run_backup (execution phase)
+    restore.py    restore: the backup verified (open_backup), what the host has (look_at_host),
+                  the operations that add what it lacks (restore_files, ..., requeue)
+
+Here: the recovery settings (COMPONENT, which qmailhost.registry reads), and every public
+name of those modules, so ``recovery.X`` and ``from qmailhost.recovery import X`` work as
+when recovery was one module. A test patches a name where the code looks it up: in its
+own module (``qmailhost.recovery.backup.host``), not here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qmailhost.component import Component, Setting
+from qmailhost.recovery.backup import BackupPlan, envelope_of, hashes_script, listing_script, plan_backup, run_backup
+from qmailhost.recovery.common import Options, RecoveryError, options
+from qmailhost.recovery.manifest import (
+    FORMAT,
+    MANIFEST,
+    Record,
+    backups_in,
+    fits_ustar,
+    message_key,
+    mtime_ns,
+    newest_backup,
+    octal_mode,
+    private_dirs,
+    read_manifest,
+    sha256_file,
+    stored_path,
+    unvis,
+    write_manifest,
+)
+from qmailhost.recovery.parts import backup_parts, part_paths, shell_word
+from qmailhost.recovery.remote import Remote, remote_for
+from qmailhost.recovery.restore import (
+    REQUEUED_DIR,
+    RESTORE_HASHES,
+    Backup,
+    HostView,
+    changed_hashes,
+    generic_parts,
+    host_script,
+    look_at_host,
+    missing_files,
+    open_backup,
+    pending_messages,
+    requeue,
+    require_deployed,
+    restore_files,
+    restore_password_hashes,
+    restore_roots,
+    send_files,
+    verify,
+)
+from qmailhost.settings import SettingsError, boolean
+
+__all__ = [
+    "COMPONENT", "FORMAT", "MANIFEST", "REQUEUED_DIR", "RESTORE_HASHES",
+    # common
+    "Options", "RecoveryError", "options",
+    # remote
+    "Remote", "remote_for",
+    # parts
+    "backup_parts", "part_paths", "shell_word",
+    # manifest
+    "Record", "backups_in", "fits_ustar", "message_key", "mtime_ns", "newest_backup", "octal_mode",
+    "private_dirs", "read_manifest", "sha256_file", "stored_path", "unvis", "write_manifest",
+    # backup
+    "BackupPlan", "envelope_of", "hashes_script", "listing_script", "plan_backup", "run_backup",
+    # restore
+    "Backup", "HostView", "changed_hashes", "generic_parts", "host_script", "look_at_host", "missing_files",
+    "open_backup", "pending_messages", "require_deployed", "requeue", "restore_files", "restore_password_hashes",
+    "restore_roots", "send_files", "verify",
+]
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def _path(setting: str):
+    def parse(value, _values=None) -> Path | None:
+        if value is None:
+            return None
+        if not isinstance(value, str | os.PathLike):
+            raise SettingsError(setting, f"{value!r} is not a path", f"set {setting} to a directory")
+        return Path(os.path.expanduser(value))
+
+    return parse
+
+
+COMPONENT = Component(
+    name="recovery",
+    settings=(
+        Setting("backup_dir", None, _path("backup_dir"),
+                "where backups go, one `<UTC stamp>/` per run; default: `~/qmailhost-backups/<hostname>`"),
+        Setting("restore_from", None, _path("restore_from"),
+                "the backup `restore.py` puts back; default: the newest backup in `backup_dir`"),
+        Setting("backup_queue", False, boolean("backup_queue"),
+                "also carry pending messages (re-queued once on restore)"),
+    ),
+)
