@@ -44,15 +44,20 @@ class Run:
         """pyinfra's --json document (plan and results)."""
         return json.loads(self.stdout)
 
-    def changed(self) -> list[str]:
-        """Names of operations that changed the host (real run) or would (dry run)."""
+    def changed(self, grouped: bool = False) -> list[str]:
+        """Names of operations that changed the host (real run) or would (dry run): each its
+        own name, or with GROUPED as pyinfra prints it, after its component ("acme | ...")."""
         report = self.report
         if report.get("results"):
-            return [op["name"] for op in report["results"]["operations"] if op["success"]]
-        return [op["name"] for op in report["plan"] if op["hosts_with_change"]]
+            return [_named(op["name"], grouped) for op in report["results"]["operations"] if op["success"]]
+        return self.planned(grouped)
 
-    def planned(self) -> list[str]:
-        return [op["name"] for op in self.report["plan"] if op["hosts_with_change"]]
+    def planned(self, grouped: bool = False) -> list[str]:
+        return [_named(op["name"], grouped) for op in self.report["plan"] if op["hosts_with_change"]]
+
+
+def _named(name: str, grouped: bool) -> str:
+    return name if grouped else name.rsplit(" | ", 1)[-1]
 
 
 def pyinfra(host: sandbox.Host, *args: str, deploy: str = "deploy.py", data: dict | None = None,

@@ -195,7 +195,6 @@ class Host:
             "ssh_known_hosts_file": "/dev/null",
             "ssh_allow_agent": False,
             "ssh_look_for_keys": False,
-            "sandbox_suite": self.suite,
         }
 
     def ssh(self, command: str, check: bool = True, timeout: float = 300, **kwargs):

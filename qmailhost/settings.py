@@ -18,15 +18,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyinfra import logger
 from pyinfra.api.exceptions import PyinfraError
 
 from qmailhost.component import Component, Setting
 from qmailhost.registry import components
 
+# Names a mail account may not take: the base systems' accounts, the users qmail and the
+# packages the deploy installs run as, and the default user of Debian's cloud images. An
+# account is a login for SMTP AUTH and IMAP; one of these would be locked to nologin, or
+# would hand a daemon's identity a password.
 RESERVED_USERS = {
-    "root", "daemon", "bin", "sys", "alias", "qmaild", "qmaill", "qmailp", "qmailq",
-    "qmailr", "qmails", "ofmipd", "nobody", "sshd",
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
+    "www-data", "backup", "list", "irc", "gnats", "nobody", "_apt", "messagebus", "sshd", "debian", "admin",
+    "systemd-network", "systemd-resolve", "systemd-timesync", "polkitd", "postfix", "Debian-exim",
+    "alias", "qmaild", "qmaill", "qmailp", "qmailq", "qmailr", "qmails", "ofmipd", "tofmipd", "qmailtls",
+    "dovecot", "dovenull", "unbound", "stunnel", "stunnel4", "redis", "_rspamd", "nginx", "operator", "toor",
+    "postmaster", "mailer-daemon", "abuse",
 }
+HOSTNAME_MAX = 64  # a certificate's common name holds at most 64 characters (RFC 5280)
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 FQDN = re.compile(rf"^{_LABEL}(\.{_LABEL})+$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
@@ -38,8 +48,13 @@ class SettingsError(PyinfraError):
     """A bad setting: the message is one line naming the setting and the fix."""
 
     def __init__(self, setting: str, problem: str, fix: str):
-        super().__init__(f"setting {setting!r}: {problem}; {fix}")
+        # One line whatever a value holds: a newline or other control character is shown escaped.
+        super().__init__(_one_line(f"setting {setting!r}: {problem}; {fix}"))
         self.setting = setting
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -71,7 +86,7 @@ class Settings:
     def from_host_data(cls, data: dict, inventory_name: str = "") -> Settings:
         """Validate host data into Settings, or raise SettingsError (one line)."""
         declared = declared_settings()
-        _no_misspelt_setting(data, {setting.name for _, setting in declared})
+        _no_unknown_setting(data, {setting.name for _, setting in declared})
         values: dict = {"inventory_name": inventory_name}
         for _, setting in declared:
             values[setting.name] = setting.parse(data.get(setting.name, setting.default), values)
@@ -98,14 +113,26 @@ def declared_settings() -> list[tuple[Component, Setting]]:
     return [(component, setting) for component in components() for setting in component.settings]
 
 
-def _no_misspelt_setting(data: dict, known: set[str]) -> None:
-    """A key that is not a setting but looks like one is a typo that would be silently ignored."""
+def _no_unknown_setting(data: dict, known: set[str]) -> None:
+    """Refuse a key that is one of our settings spelt another way (``Hostname``, ``smtp-port``,
+    ``submision``): its value would be ignored while its owner believes it set. Name every
+    other key that is neither ours nor pyinfra's in one warning: an inventory may carry data
+    of its own, but ``backup_repository`` set before that setting exists must not pass in
+    silence."""
+    unknown = []
     for key in data:
         if key in known or not isinstance(key, str) or key.startswith(_NOT_OURS):
             continue
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        normalised = key.strip().lower().replace("-", "_")
+        if normalised in known:
+            raise SettingsError(key, "is not a setting, and would be ignored", f"spell it {normalised!r}")
+        close = difflib.get_close_matches(normalised, known, n=1, cutoff=0.8)
         if close:
             raise SettingsError(key, "is not a setting, and would be ignored", f"did you mean {close[0]!r}?")
+        unknown.append(key)
+    if unknown:
+        logger.warning(f"!!! qmailhost: not settings, ignored: {', '.join(sorted(unknown))} "
+                       "(python -m qmailhost settings lists every setting)")
 
 
 def _no_port_clash(settings: Settings, ports: list[Setting]) -> None:
@@ -135,8 +162,22 @@ def whole_number(setting: str, low: int, high: int):
     return parse
 
 
+# Ports the host keeps for others: unbound answers on 127.0.0.1:53, and port 80 is ACME's
+# HTTP-01 challenge (certbot's, later the web side's).
+RESERVED_PORTS = {53: "the host's own resolver (unbound)", 80: "ACME's HTTP-01 challenge"}
+
+
 def port(setting: str):
-    return whole_number(setting, 1, 65535)
+    """A parser: a port from 1 to 65535 that is not one the host keeps for others."""
+    number = whole_number(setting, 1, 65535)
+
+    def parse(value, _values=None) -> int:
+        value = number(value)
+        if value in RESERVED_PORTS:
+            raise SettingsError(setting, f"port {value} is kept for {RESERVED_PORTS[value]}", "use another port")
+        return value
+
+    return parse
 
 
 def optional_port(setting: str):
@@ -178,6 +219,9 @@ def password_from(setting: str, entry: dict) -> tuple[str, str] | None:
     env, path = entry.get("password_env"), entry.get("password_file")
     if env and path:
         raise SettingsError(setting, "both password_env and password_file are set", "keep one of them")
+    if env is not None and not (isinstance(env, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env)):
+        raise SettingsError(setting, f"password_env {env!r} is not an environment variable's name",
+                            "name a variable like QMAILHOST_ALICE_PASSWORD")
     if env:
         password = os.environ.get(env, "")
         if not password:
@@ -202,14 +246,17 @@ def password_from(setting: str, entry: dict) -> tuple[str, str] | None:
 
 def _hostname(value, values: dict) -> str:
     inventory_name = values["inventory_name"]
-    if value is None and FQDN.match(inventory_name or ""):
+    if value is None and FQDN.fullmatch(inventory_name or ""):
         value = inventory_name
     if value is None:
         raise SettingsError("hostname", "not set and the inventory name is not a fully qualified name",
                             "set hostname=\"mail.example.org\"")
-    if not isinstance(value, str) or not FQDN.match(value):
+    if not isinstance(value, str) or not FQDN.fullmatch(value):
         raise SettingsError("hostname", f"{value!r} is not a fully qualified lower-case host name",
                             "use a name like \"mail.example.org\"")
+    if len(value) > HOSTNAME_MAX:
+        raise SettingsError("hostname", f"{len(value)} characters is longer than a certificate's name may be "
+                            f"({HOSTNAME_MAX})", "use a shorter host name")
     return value
 
 
@@ -222,7 +269,7 @@ def _domains(value, values: dict) -> tuple[str, ...]:
         raise SettingsError("domains", "the list of local domains is empty",
                             "list at least one, e.g. domains=[\"example.org\"]")
     for domain in value:
-        if not isinstance(domain, str) or not FQDN.match(domain):
+        if not isinstance(domain, str) or not FQDN.fullmatch(domain):
             raise SettingsError("domains", f"{domain!r} is not a valid domain name",
                                 "use lower-case names like \"example.org\"")
     if len(set(value)) != len(value):
@@ -239,7 +286,7 @@ def _accounts(value, _values=None) -> tuple[Account, ...]:
         if not isinstance(entry, dict) or "name" not in entry:
             raise SettingsError("accounts", f"entry {entry!r} has no name", "give each account a \"name\"")
         name = entry["name"]
-        if not isinstance(name, str) or not _USER.match(name):
+        if not isinstance(name, str) or not _USER.fullmatch(name):
             raise SettingsError("accounts", f"{name!r} is not a valid user name",
                                 "use lower-case letters, digits, _ and -, starting with a letter")
         if name in RESERVED_USERS:
@@ -256,7 +303,11 @@ def _accounts(value, _values=None) -> tuple[Account, ...]:
 
 
 def _sources(value, _values=None) -> dict:
-    return mapping("sources", value)
+    from qmailhost import sources  # sources reads SettingsError from here
+
+    overrides = mapping("sources", value)
+    sources.check_overrides(overrides)
+    return overrides
 
 
 def _distfiles(value, _values=None) -> Path:

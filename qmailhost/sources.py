@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -111,6 +112,15 @@ def resolve(overrides: dict, cache: Path, explicit_cache: bool) -> dict[str, Dis
     return distfiles
 
 
+def check_overrides(overrides: dict) -> None:
+    """Every override names a component and holds what _override accepts (or SettingsError)."""
+    unknown = sorted(set(overrides) - set(PINS))
+    if unknown:
+        raise SettingsError("sources", f"unknown component {unknown[0]!r}", f"use one of: {', '.join(PINS)}")
+    for name, override in overrides.items():
+        _override(RELEASES[name], override or {})
+
+
 def _override(pin: Pin, override: dict) -> Distfile:
     setting = f"sources.{pin.component}"
     if not isinstance(override, dict):
@@ -130,7 +140,12 @@ def _override(pin: Pin, override: dict) -> Distfile:
         raise SettingsError(setting, "sha512 is not 128 lower-case hex digits", "paste the full SHA512 sum")
     distfile = pin.distfile(version, pinned_by="the inventory")
     if "url" in override:
-        distfile = replace(distfile, url=override["url"], filename=override["url"].rsplit("/", 1)[-1])
+        # The file's name is the URL's last segment, and it reaches the build's command line on the host.
+        url = override["url"]
+        if not isinstance(url, str) or not re.fullmatch(r"(https?|file)://[^\s]*/[A-Za-z0-9][A-Za-z0-9._+-]*", url):
+            raise SettingsError(f"{setting}.url", f"{url!r} does not end in a plain file name",
+                                "give the release file's URL, ending in a name such as spamdyke-5.0.1.tgz")
+        distfile = replace(distfile, url=url, filename=url.rsplit("/", 1)[-1])
     return replace(distfile, sha512=sha512 or distfile.sha512, size=None if sha512 else distfile.size)
 
 

@@ -123,7 +123,7 @@ def inbound_queue(platform: Platform, settings: Settings) -> str | None:
 
 
 def _selector(value, _values=None) -> str:
-    if not isinstance(value, str) or not _SELECTOR.match(value) or value.endswith(ED25519_SUFFIX):
+    if not isinstance(value, str) or not _SELECTOR.fullmatch(value) or value.endswith(ED25519_SUFFIX):
         raise SettingsError("dkim_selector", f"{value!r} is not a selector",
                             f"use a DNS label such as \"mail2026\" (lower-case letters, digits, -; not ending "
                             f"in {ED25519_SUFFIX})")
@@ -131,7 +131,7 @@ def _selector(value, _values=None) -> str:
 
 
 def _retired(value, values: dict) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and _SELECTOR.match(v) for v in value):
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and _SELECTOR.fullmatch(v) for v in value):
         raise SettingsError("dkim_retired_selectors", f"{value!r} is not a list of selectors",
                             "list the selectors still published after a rotation, e.g. [\"mail2025\"], or []")
     current = values.get("dkim_selector")

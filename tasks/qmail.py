@@ -226,7 +226,7 @@ def _aliases(value, values: dict) -> dict[str, str]:
         for alias in ALIAS_NAMES:
             aliases.setdefault(alias, accounts[0].name)
     for alias, target in aliases.items():
-        if not isinstance(alias, str) or not _LOCALPART.match(alias):
+        if not isinstance(alias, str) or not _LOCALPART.fullmatch(alias):
             raise SettingsError("aliases", f"{alias!r} is not a valid local part",
                                 "use lower-case letters, digits and . _ + -")
         if target not in names:
@@ -239,19 +239,23 @@ def _aliases(value, values: dict) -> dict[str, str]:
     return aliases
 
 
-def _virtualdomains(value, _values=None) -> dict[str, str]:
+def _virtualdomains(value, values: dict) -> dict[str, str]:
     entries = mapping("virtualdomains", value)
     for domain, prefix in entries.items():
-        if not FQDN.match(str(domain)) or not _LOCALPART.match(str(prefix)):
+        if not FQDN.fullmatch(str(domain)) or not _LOCALPART.fullmatch(str(prefix)):
             raise SettingsError("virtualdomains", f"{domain!r}: {prefix!r} is not domain: prefix",
                                 "use entries like {\"lists.example.org\": \"alice-lists\"}")
+        if domain in values["domains"] or domain == values["hostname"]:
+            # qmail-send delivers a domain in control/locals locally and never reads its virtualdomains line.
+            raise SettingsError("virtualdomains", f"{domain!r} is a local domain (domains, hostname): qmail "
+                                "would never use this entry", "list it in one of domains or virtualdomains")
     return dict(entries)
 
 
 def _smtproutes(value, _values=None) -> dict[str, str]:
     entries = mapping("smtproutes", value)
     for domain, relay in entries.items():
-        if (domain and not FQDN.match(str(domain))) or not re.match(r"^[a-z0-9.\[\]-]+(:\d+)?$", str(relay)):
+        if (domain and not FQDN.fullmatch(str(domain))) or not re.fullmatch(r"^[a-z0-9.\[\]-]+(:\d+)?$", str(relay)):
             raise SettingsError("smtproutes", f"{domain!r}: {relay!r} is not domain: relayhost[:port]",
                                 "use entries like {\"\": \"smarthost.example.net\"}")
     return dict(entries)
@@ -304,7 +308,7 @@ def outbound_tls(platform: Platform, settings: Settings) -> None:
 
 
 def _peer(setting: str, name) -> str:
-    if not isinstance(name, str) or not FQDN.match(name.lower()):
+    if not isinstance(name, str) or not FQDN.fullmatch(name.lower()):
         raise SettingsError(setting, f"{name!r} is not a host name", "name the peer's MX or relay host, e.g. "
                             "mx.example.net")
     return name.lower()

@@ -85,9 +85,12 @@ def _forwarders(value, _values=None) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
         raise SettingsError("dns_forwarders", f"{value!r} is not a list", "write it as [\"192.0.2.53\"], or []")
     for entry in value:
-        match = _FORWARDER.match(str(entry))
+        match = _FORWARDER.fullmatch(str(entry))
         try:
-            ipaddress.ip_address(match["address"]) if match else None
+            # IPv4 only: unbound here speaks no IPv6 (do-ip6: no), so an IPv6 forwarder is never reached.
+            if match and ipaddress.ip_address(match["address"]).version != 4:
+                raise SettingsError("dns_forwarders", f"{entry!r} is an IPv6 address, and the host's resolver "
+                                    "asks over IPv4 only", "give IPv4 addresses")
         except ValueError:
             match = None
         if not match or (match["port"] and not 0 < int(match["port"]) < 65536):

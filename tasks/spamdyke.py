@@ -136,7 +136,8 @@ def _filters(value, _values=None) -> dict:
             raise SettingsError(f"spamdyke_filters.{name}", f"{given!r} is not a whole number from 0 to 10000",
                                 "set it to a number in that range")
         if isinstance(default, list):
-            if not isinstance(given, list | tuple) or not all(isinstance(z, str) and re.match(_ZONE, z) for z in given):
+            if not isinstance(given, list | tuple) or \
+                    not all(isinstance(z, str) and re.fullmatch(_ZONE, z) for z in given):
                 raise SettingsError(f"spamdyke_filters.{name}", f"{given!r} is not a list of DNS zone names",
                                     "write it as a list, e.g. [\"zen.spamhaus.org\"], or [] for none")
             filters[name] = list(given)
