@@ -49,6 +49,7 @@ packages.install(platform, settings)
 tmda.converge(platform, mode)  # before anything listens on 587: TMDA's stunnel stanza may hold it
 qmail.users(platform)
 submission.user(platform)
+tls.group(platform)  # before the builds: spamdyke-qrv is installed for this group only
 distfiles = builds.upload(fetched)
 
 # Builds (each only when its inputs changed; only what the platform builds itself)

@@ -82,7 +82,6 @@ class Platform:
     package_manager: str = "apt"  # "apt" | "pkgin"
     service_backend: str = "daemontools"  # "daemontools" | "rcd"
     qmail_bin: str = "/var/qmail/bin"  # qmail's programs (pkgsrc: under its prefix)
-    true_command: str = "/bin/true"
     root_group: str = "root"
     accounts: AccountTools = field(default_factory=lambda: DEBIAN_ACCOUNTS)
     shell: Shell = field(default_factory=lambda: DEBIAN_SHELL)
@@ -167,7 +166,7 @@ def netbsd(release: str) -> Platform:
         service_dir="", supervise_dir="", log_dir="/var/log",
         tcprules_dir="/var/qmail/control/tcprules", config_dir="/usr/pkg/etc/qmailhost",
         nologin="/sbin/nologin", package_manager="pkgin", service_backend="rcd",
-        qmail_bin="/usr/pkg/bin", true_command="true", root_group="wheel",
+        qmail_bin="/usr/pkg/bin", root_group="wheel",
         accounts=NETBSD_ACCOUNTS, shell=NETBSD_SHELL,
         password_scheme="sha1_crypt", password_apply=NETBSD_PASSWORD_APPLY,
         tcprules="/usr/pkg/bin/tcprules", tcprules_suffix="",

@@ -5,6 +5,11 @@ hashed there with passlib in the platform's scheme (Debian: sha512-crypt; NetBSD
 sha1-crypt, its native one) and set on the host through a file, only when the host's
 current hash does not verify the password; the hash itself never crosses the wire
 back. checkpassword reads them from /etc/shadow (NetBSD: /etc/master.passwd).
+
+Only these accounts may log in: ``mail_accounts_file`` lists them, and after a good
+password checkpassword runs ``gate`` (files/accounts/only-mail-accounts.sh.j2) as the
+account, which refuses any name not listed (root, system users). Dovecot reads the same
+list through PAM (tasks/imap.py).
 Backups carry every account's Maildir (a restore adds the messages the host lacks)
 and its password hash (qmailhost/recovery/, through the platform's password file).
 """
@@ -15,12 +20,28 @@ from pyinfra.api import deploy
 
 from qmailhost import ops
 from qmailhost.component import BackupPart, Component, Probe
+from qmailhost.files import render
 from qmailhost.platform import Platform
 from qmailhost.settings import Settings
 
 
+def mail_accounts_file(platform: Platform) -> str:
+    """The list of the accounts that may log in, one name a line (readable by all: names only)."""
+    return f"{platform.config_dir}/mail-accounts"
+
+
+def gate(platform: Platform) -> str:
+    """What checkpassword runs after a good password: succeeds only for a listed mail account."""
+    return f"{platform.config_dir}/only-mail-accounts"
+
+
 @deploy("accounts")
 def configure(platform: Platform, settings: Settings) -> None:
+    ops.whole_file(name="Write the list of mail accounts (who may log in)", dest=mail_accounts_file(platform),
+                   content="".join(f"{account.name}\n" for account in settings.accounts))
+    ops.whole_file(name="Install the gate checkpassword runs (only mail accounts log in)", dest=gate(platform),
+                   mode="755", content=render("accounts/only-mail-accounts.sh.j2",
+                                              accounts_file=mail_accounts_file(platform)))
     for account in settings.accounts:
         home = f"/home/{account.name}"
         ops.user(name=f"Create mail user {account.name}", user=account.name, group=None, home=home,

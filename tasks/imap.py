@@ -40,7 +40,7 @@ from qmailhost.facts import host_state
 from qmailhost.files import render
 from qmailhost.platform import Platform
 from qmailhost.settings import Settings, optional_port, port
-from tasks import dns, tls
+from tasks import accounts, dns, tls
 
 INDEX_DIR = ".dovecot-index"  # under each account's home: rebuilt by Dovecot, never backed up
 
@@ -53,14 +53,16 @@ class Paths:
     pop3_packages: tuple[str, ...]  # added when pop3s_port is set
     languages: dict[str, str]  # release -> the configuration language its Dovecot speaks
     log_path: str | None  # None: Dovecot's default (syslog)
-    pam_service: str | None  # the PAM service Dovecot asks (2.3's passdb args); None: "dovecot"
+    pam_service: str | None  # the PAM service Dovecot asks; None: "dovecot"
+    pam_file: str | None = None  # where qmailhost writes that service (files/imap/pam.j2): mail accounts only
     units: tuple[str, ...] = ()  # the package's own systemd units, which would hold 143 and 993 too
 
 
 PATHS = {
     # Its own config path (dovecot -F -c), not the package's conffile /etc/dovecot/dovecot.conf.
     "debian": Paths("/usr/sbin/dovecot", "/etc/qmailhost/dovecot.conf", ("dovecot-imapd",), ("dovecot-pop3d",),
-                    {"12": "2.3", "13": "2.4"}, "/dev/stderr", None, units=("dovecot.service", "dovecot.socket")),
+                    {"12": "2.3", "13": "2.4"}, "/dev/stderr", "qmailhost-imap",
+                    pam_file="/etc/pam.d/qmailhost-imap", units=("dovecot.service", "dovecot.socket")),
     # pkgsrc's rc.d script requires this path; the one package carries IMAP and POP3. Its
     # mail/dovecot2 was 2.3.x where read (see the README). PAM: the base system's own
     # /etc/pam.d/imap and /etc/pam.d/pop3, named by the protocol ("%s").
@@ -87,6 +89,9 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair) -> None:
                             running=False, enabled=False)
     spoken = language(platform)
     speaks(name=f"Check that the installed Dovecot is {spoken}", program=paths.program, language=spoken)
+    if paths.pam_file:  # read by PAM at each login: nothing restarts
+        ops.whole_file(name="Write Dovecot's PAM service (mail accounts only)", dest=paths.pam_file,
+                       content=render("imap/pam.j2", accounts_file=accounts.mail_accounts_file(platform)))
     cert, key = tls.paths(platform)
     config = render(f"imap/dovecot-{spoken}.conf.j2", language=spoken, policy=tls.policy(settings), cert=cert, key=key,
                     imap_port=settings.imap_port, imaps_port=settings.imaps_port, pop3s_port=settings.pop3s_port,

@@ -46,12 +46,22 @@ def program(platform: Platform) -> str:
     return f"{platform.prefix}/bin/spamdyke"
 
 
+def recipient_checker(platform: Platform) -> str | None:
+    """spamdyke-qrv, built from spamdyke's tarball: answers whether qmail would deliver to an
+    address (locals, virtualdomains, users/assign, the passwd file, ~/.qmail-ext and -default
+    files, ~alias), so unknown recipients are refused at RCPT, never bounced later to a forged
+    sender. Setuid root (it looks into homes), executable only by port 25's group. None where
+    the platform builds no spamdyke of its own (pkgsrc)."""
+    return f"{platform.prefix}/bin/spamdyke-qrv" if "spamdyke" in NEEDS[platform.name].builds else None
+
+
 @deploy("spamdyke")
 def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, str]) -> None:
     if "spamdyke" not in NEEDS[platform.name].builds:
         return  # a package provides it (backends/packages.py)
-    builds.build("spamdyke", "Build and install spamdyke", "spamdyke/build.sh",
-                 args=[distfiles["spamdyke"], program(platform)], inputs=[checksums["spamdyke"]])
+    builds.build("spamdyke", "Build and install spamdyke and spamdyke-qrv", "spamdyke/build.sh",
+                 args=[distfiles["spamdyke"], program(platform), recipient_checker(platform), tls.KEY_GROUP],
+                 inputs=[checksums["spamdyke"]])
 
 
 def smtp_config(platform: Platform, settings: Settings) -> str:
@@ -61,7 +71,8 @@ def smtp_config(platform: Platform, settings: Settings) -> str:
     cert, key = tls.paths(platform)
     ops.whole_file(name="Write spamdyke's port 25 config", dest=path,
                    content=render("spamdyke/smtp.conf.j2", control_dir=platform.control_dir, filters=filters, dns=dns,
-                                  resolver=resolver.ADDRESS, cert=cert, key=key, policy=tls.policy(settings)))
+                                  resolver=resolver.ADDRESS, cert=cert, key=key, policy=tls.policy(settings),
+                                  recipient_checker=recipient_checker(platform)))
     return path
 
 

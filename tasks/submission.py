@@ -27,9 +27,13 @@ from qmailhost.facts import STATE_DIR
 from qmailhost.files import render
 from qmailhost.platform import Platform
 from qmailhost.settings import Settings, SettingsError, port, whole_number
-from tasks import checkpassword, mess822, spamdyke
+from tasks import accounts, checkpassword, mess822, spamdyke
 
 USER = "ofmipd"
+# The data segment each submission session may use (softlimit -m; rc.d's datalimit). ofmipd
+# reads a command, AUTH or header line whole, with no length limit of its own: past this a
+# session of endless lines ends, instead of growing until the kernel kills another daemon.
+DATALIMIT = 64_000_000
 MODE_FILE = f"{STATE_DIR}/submission-mode"
 
 
@@ -59,7 +63,7 @@ class Mode:
         """The AUTH-patched ofmipd's arguments: '' HOSTNAME CHECKPASSWORD TRUE (none when spamdyke does AUTH)."""
         if self.name == "spamdyke":
             return ""
-        return f"'' {settings.hostname} {checkpassword.program(platform)} {platform.true_command}"
+        return f"'' {settings.hostname} {checkpassword.program(platform)} {accounts.gate(platform)}"
 
     def program(self, platform: Platform, settings: Settings) -> str:
         parts = (self.wrapper(platform), self.ofmipd(platform), self.ofmipd_args(platform, settings))
@@ -74,7 +78,7 @@ class Mode:
         if self.name == "spamdyke":
             return {self.spamdyke_config(platform): render(
                 "submission/spamdyke-ofmipd.conf.j2", checkpassword=checkpassword.program(platform),
-                control_dir=platform.control_dir, true_command=platform.true_command)}
+                control_dir=platform.control_dir, gate=accounts.gate(platform))}
         return {}
 
 
@@ -137,10 +141,10 @@ def _listener(platform: Platform, settings: Settings, mode: Mode, cdb: str) -> s
         run=render("submission/qmail-ofmipd.run.j2", port=settings.ofmipd_port, tcprules=cdb,
                    submission_port=settings.submission_port, mode=mode.name, description=mode.description,
                    hostname=settings.hostname, connections=settings.submission_connections,
-                   program=mode.program(platform, settings)),
+                   program=mode.program(platform, settings), datalimit=DATALIMIT),
         rcd=services.Rcd("qmailofmipd", (
             *rcd.tcpserver(platform, settings.hostname, "ofmipd", "127.0.0.1", settings.ofmipd_port, cdb,
-                           180_000_000),
+                           DATALIMIT),
             ("precheckpassword", ""),
             ("checkpassword", ""),
             ("preofmipd", mode.wrapper(platform)),

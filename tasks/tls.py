@@ -149,10 +149,16 @@ def self_signed_certificate(hostname: str, cert: str, key: str, days: int = 825)
 
 
 @deploy("tls")
+def group(platform: Platform) -> None:
+    """The group port 25's processes run with (and no one else): it may read the key, and run
+    spamdyke-qrv (tasks/spamdyke.py). Made with the other users, before the builds."""
+    ops.group(name=f"Create group {KEY_GROUP} (may read the TLS key)", group=KEY_GROUP, tools=platform.accounts)
+
+
+@deploy("tls")
 def configure(platform: Platform, settings: Settings) -> Pair | None:
     """Put the policy in place, and a self-signed or the laptop's pair; returns the pair as the
     TLS listeners' restarts see it (None under ``tls: acme``: tasks/acme.py puts that pair in place)."""
-    ops.group(name=f"Create group {KEY_GROUP} (may read the TLS key)", group=KEY_GROUP, tools=platform.accounts)
     ops.whole_file(name="Write the TLS policy for OpenSSL (spamdyke)", dest=policy_config_path(platform),
                    content=render("tls/openssl-policy.cnf.j2", policy=policy(settings)))
     cert, key = paths(platform)

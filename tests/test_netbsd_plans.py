@@ -142,7 +142,7 @@ def test_bare_host_files(bare_plan):
 # Managed by qmailhost: every variable is set, whatever the rc.d defaults.
 qmailofmipd=YES
 qmailofmipd_postenv=""
-qmailofmipd_datalimit="180000000"
+qmailofmipd_datalimit="64000000"
 qmailofmipd_pretcpserver=""
 qmailofmipd_tcpserver="/usr/pkg/bin/tcpserver"
 qmailofmipd_tcpflags="-v -R -H -l mail.example.org -u $(id -u ofmipd) -g $(id -g ofmipd)"
@@ -154,7 +154,7 @@ qmailofmipd_precheckpassword=""
 qmailofmipd_checkpassword=""
 qmailofmipd_preofmipd=""
 qmailofmipd_ofmipdcmd="/usr/pkg/bin/ofmipd"
-qmailofmipd_postofmipd="'' mail.example.org /usr/pkg/bin/checkpassword true"
+qmailofmipd_postofmipd="'' mail.example.org /usr/pkg/bin/checkpassword /usr/pkg/etc/qmailhost/only-mail-accounts"
 qmailofmipd_log="YES"
 qmailofmipd_logcmd="logger -t nbqmail/ofmipd -p mail.info"
 qmailofmipd_tls="NO"
@@ -228,7 +228,7 @@ def test_switch_to_spamdyke_changes_only_the_submission_service():
     rc_conf = uploaded(plan, "/etc/rc.conf.d/qmailofmipd")
     assert 'qmailofmipd_preofmipd="/usr/pkg/bin/spamdyke -f /usr/pkg/etc/qmailhost/spamdyke-ofmipd.conf"\n' in rc_conf
     assert 'qmailofmipd_postofmipd=""\n' in rc_conf
-    assert "smtp-auth-command=/usr/pkg/bin/checkpassword true\n" in uploaded(
+    assert "smtp-auth-command=/usr/pkg/bin/checkpassword /usr/pkg/etc/qmailhost/only-mail-accounts\n" in uploaded(
         plan, "/usr/pkg/etc/qmailhost/spamdyke-ofmipd.conf")
     host.apply(plan)
     assert plan_deploy(deploy_data(submission="spamdyke"), host.answer) == []

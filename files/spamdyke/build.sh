@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build spamdyke from its release tarball ($1) with TLS (STARTTLS on port 25) and install
-# it as $2. On OpenSSL 3 its configure finds no SSL_library_init (a macro now) and quietly
+# it as $2; build spamdyke-qrv from the same tarball and install it as $3, setuid root (it
+# looks into homes for .qmail files) and executable only by group $4 (port 25's). On OpenSSL 3 its configure finds no SSL_library_init (a macro now) and quietly
 # builds without TLS: the autoconf cache answer says where it is, and a build whose
 # `spamdyke -v` lacks +TLS is refused.
 set -eu
@@ -15,5 +16,9 @@ case "$version" in
   *+TLS*) ;;
   *) echo "spamdyke was built without TLS ($version): port 25 could not offer STARTTLS" >&2; exit 1 ;;
 esac
-install -m 755 spamdyke "$2.qmailhost-new" && mv -f "$2.qmailhost-new" "$2"
+cd ../spamdyke-qrv
+{ ./configure && make; } >"$work/make-qrv.log" 2>&1 || { tail -30 "$work/make-qrv.log" >&2; exit 1; }
+install -m 755 ../spamdyke/spamdyke "$2.qmailhost-new" && mv -f "$2.qmailhost-new" "$2"
+install -m 700 spamdyke-qrv "$3.qmailhost-new" && chown "root:$4" "$3.qmailhost-new" &&
+  chmod 4750 "$3.qmailhost-new" && mv -f "$3.qmailhost-new" "$3"
 cd / && rm -rf "$work"
