@@ -19,6 +19,7 @@ pytestmark = pytest.mark.e2e
 PACKAGES = ("build-essential", "ucspi-tcp", "daemontools", "daemontools-run", "stunnel4", "openssl", "libssl-dev")
 
 
+@pytest.mark.slow  # the harness's own proof (3 min); every e2e suite deploys through it in every run
 def test_deploy_installs_packages_is_idempotent_and_dry_changes_nothing(fresh_host):
     first = pyinfra(fresh_host, deploy="tests/deploys/packages.py")
     assert first.changed() == ["Install the base packages"]
