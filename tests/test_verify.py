@@ -113,10 +113,11 @@ def _edit_and_restore(path: str, sed: str, after: str, before: str = "true") -> 
 
 
 # A checkpassword that takes any password: it reads what ofmipd writes on fd 3 (or ofmipd
-# may find the pipe closed and answer 454 to the right password too), then runs the rest.
+# may find the pipe closed and answer 454 to the right password too), sets USER to the name
+# given there as checkpassword does, then runs the rest (the gate: mail accounts only).
 ACCEPT_ANY = "/usr/local/bin/verify-accept-any"
-_WRITE_ACCEPT_ANY = (f"printf '#!/bin/sh\\ncat <&3 >/dev/null\\nexec \"$@\"\\n' > {ACCEPT_ANY} "
-                     f"&& chmod 755 {ACCEPT_ANY}")
+_WRITE_ACCEPT_ANY = (f"printf '#!/bin/sh\\nUSER=$(tr \"\\\\\\\\000\" \"\\\\\\\\n\" <&3 | sed -n 1p)\\n"
+                     f"export USER\\nexec \"$@\"\\n' > {ACCEPT_ANY} && chmod 755 {ACCEPT_ANY}")
 
 
 def _rules(name: str, sed: str) -> tuple[str, str]:
