@@ -7,6 +7,7 @@ unbound (a blocklist that answers like Spamhaus does to a shared resolver)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -116,3 +117,21 @@ class DnsServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@contextlib.contextmanager
+def dnspython_asking(answer):
+    """dnspython's default resolver asks a DnsServer answering with ANSWER, for the length of
+    the block (as a host's python3 asks its unbound): yields the server."""
+    import dns.resolver
+
+    server = DnsServer(answer)
+    previous = dns.resolver.default_resolver
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port = ["127.0.0.1"], server.port
+    dns.resolver.default_resolver = resolver
+    try:
+        yield server
+    finally:
+        dns.resolver.default_resolver = previous
+        server.close()

@@ -26,7 +26,7 @@ import pytest
 dkim = pytest.importorskip("dkim", reason="dkimpy is not installed (the test extra installs it)")
 resolver_module = pytest.importorskip("dns.resolver", reason="dnspython is not installed (the test extra)")
 
-from harness.dns_server import DnsServer  # noqa: E402
+from harness.dns_server import dnspython_asking  # noqa: E402
 from qmailhost.files import path as file_path  # noqa: E402
 
 FILTER = file_path("dkim/authres.py")
@@ -41,14 +41,8 @@ MESSAGE = b"From: a@peer.example.net\nTo: alice@example.org\nSubject: hi\n\nbody
 @pytest.fixture()
 def zone():
     records: dict = {}
-    server = DnsServer(lambda name, kind: records.get((name, kind), []))
-    previous = resolver_module.default_resolver
-    test_resolver = resolver_module.Resolver(configure=False)
-    test_resolver.nameservers, test_resolver.port = ["127.0.0.1"], server.port
-    resolver_module.default_resolver = test_resolver
-    yield records
-    resolver_module.default_resolver = previous
-    server.close()
+    with dnspython_asking(lambda name, kind: records.get((name, kind), [])):
+        yield records
 
 
 # --- M1: forged results ----------------------------------------------------------------------

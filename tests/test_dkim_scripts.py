@@ -24,7 +24,7 @@ resolver_module = pytest.importorskip("dns.resolver", reason="dnspython is not i
 
 import importlib.util  # noqa: E402
 
-from harness.dns_server import DnsServer  # noqa: E402
+from harness.dns_server import dnspython_asking  # noqa: E402
 from qmailhost.files import path as file_path  # noqa: E402
 from tasks.dns import txt_strings  # noqa: E402
 
@@ -141,14 +141,8 @@ def resolver():
             raise RuntimeError("SERVFAIL")
         return zone.get((name, kind), [])
 
-    server = DnsServer(answer)
-    previous = resolver_module.default_resolver
-    test_resolver = resolver_module.Resolver(configure=False)
-    test_resolver.nameservers, test_resolver.port = ["127.0.0.1"], server.port
-    resolver_module.default_resolver = test_resolver
-    yield zone
-    resolver_module.default_resolver = previous
-    server.close()
+    with dnspython_asking(answer):
+        yield zone
 
 
 def _signed_by(tmp_path: Path, domain: str, message: bytes = MESSAGE) -> tuple[bytes, str]:
