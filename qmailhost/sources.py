@@ -93,9 +93,7 @@ class DistfileError(PyinfraError):
 
 def resolve(overrides: dict, cache: Path, explicit_cache: bool) -> dict[str, Distfile]:
     """The distfile of every component, after inventory overrides and SHA512SUMS."""
-    unknown = sorted(set(overrides) - set(PINS))
-    if unknown:
-        raise SettingsError("sources", f"unknown component {unknown[0]!r}", f"use one of: {', '.join(PINS)}")
+    check_overrides(overrides)
     distfiles = {name: _override(release, overrides.get(name) or {}) for name, release in RELEASES.items()}
     sums_file = cache / "SHA512SUMS"
     if explicit_cache and sums_file.exists():

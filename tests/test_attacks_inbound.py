@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import pytest
 
 dkim = pytest.importorskip("dkim", reason="dkimpy is not installed (the test extra installs it)")
 resolver_module = pytest.importorskip("dns.resolver", reason="dnspython is not installed (the test extra)")
+authres_parser = pytest.importorskip("authres", reason="authres (an RFC 8601 parser) is not installed (the test extra)")
 
 from harness.dns_server import dnspython_asking  # noqa: E402
 from qmailhost.files import path as file_path  # noqa: E402
@@ -80,10 +82,20 @@ def test_a_result_for_another_host_that_starts_like_ours_is_kept():
 def test_an_envelope_sender_cannot_write_into_our_header(zone, sender):
     result = authres.spf_result(sender, "192.0.2.7")
     header = authres.header(ME, ["dkim=none", result]).decode()
-    # Our header holds exactly our two results: the sender's text is one quoted value.
-    body = header.split(";", 1)[1]
-    assert [r.split("=", 1)[0].strip() for r in authres.split_results(body)] == ["dkim", "spf"], header
+    # Our header, as a reader parses it (the authres package, by pyspf's and dkimpy's author),
+    # holds exactly our two results: the sender's text is one quoted value.
+    parsed = authres_parser.AuthenticationResultsHeader.parse(header)
+    assert [r.method for r in parsed.results] == ["dkim", "spf"], header
+    # (the parser leaves quoted-pairs as written: undo them, as RFC 5322 reads a quoted-string)
+    assert [(p.name, re.sub(r"\\(.)", r"\1", p.value)) for p in parsed.results[1].properties] == \
+        [("mailfrom", sender)], header
     assert "header.d=paypal.com" not in header.replace(authres.mailfrom(sender), "")
+
+
+def test_the_filters_memory_follows_qmails_databytes(tmp_path):
+    (tmp_path / "databytes").write_text("200000000\n")
+    assert authres.filter_memory(str(tmp_path / "databytes")) >= 5 * 200_000_000
+    assert authres.filter_memory(str(tmp_path / "absent")) == authres.FILTER_MEMORY
 
 
 # --- H2: the work one message can cost -------------------------------------------------------

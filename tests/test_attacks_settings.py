@@ -94,7 +94,8 @@ def _cases() -> list:
     import tempfile
     from pathlib import Path
 
-    return list(_string_paths(valid(Path(tempfile.mkdtemp()))))
+    with tempfile.TemporaryDirectory() as directory:
+        return list(_string_paths(valid(Path(directory))))
 
 
 @pytest.mark.parametrize("path, where", _cases(), ids=lambda v: "/".join(map(str, v)) if isinstance(v, tuple) else v)
