@@ -4,14 +4,17 @@
     pyinfra inventory/<site>.py restore.py [--data restore_from=~/qmailhost-backups/HOST/STAMP]
 
 The backup (restore_from, else the newest of this host) is verified in full first: a
-damaged one is refused before the host is touched. Then only what the host lacks or
-holds differently is changed: the missing files of the components' backup parts are
-added (Maildir messages, the TMDA archive: nothing on the host is deleted or
-overwritten), password hashes set from a file through the platform's password tool
-(chpasswd -e, or NetBSD's master.passwd rewrite), each part with a restore hook puts
-its own files back (the TLS pair replaced when it differs, then stunnel restarted),
-pending messages requeued once. A second restore changes nothing. See
-qmailhost/recovery/.
+damaged one is refused before the host is changed. So is a tampered one: nothing in a
+backup is trusted beyond the paths the components declare. Its modes are masked (no
+setuid, setgid or sticky bit), its owners and groups must be those a deploy makes, its
+accounts those of the inventory (root never), each entry must lie under a part
+(qmailhost/recovery/trust.py). Then only what the host lacks or holds differently is
+changed: the missing files of the components' backup parts are added (Maildir messages,
+the TMDA archive: nothing on the host is deleted or overwritten), password hashes set
+from a file through the platform's password tool (chpasswd -e, or NetBSD's master.passwd
+rewrite), each part with a restore hook puts its own files back (the TLS pair replaced
+when it differs, then stunnel restarted), pending messages requeued once. A second
+restore changes nothing. See qmailhost/recovery/.
 """
 
 from pyinfra import host
@@ -27,7 +30,8 @@ platform = detect()
 remote = recovery.remote_for(host.data.dict(), host.name)
 view = recovery.look_at_host(remote, backup, platform, settings)
 recovery.require_deployed(view, backup, host.name)
-host.log(f"Restoring from {backup.directory} (every sha256 verified)")
+recovery.require_within_parts(backup, view, platform, settings)
+host.log(f"Restoring from {backup.directory} (every sha256 verified, every entry vetted)")
 
 recovery.restore_files(name="Restore missing messages and files", remote=remote, backup=backup,
                        missing=recovery.missing_files(backup, view), shell=platform.shell)

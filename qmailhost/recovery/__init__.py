@@ -36,8 +36,12 @@ The package, by concern (each module's header says more):
     manifest.py   files and the manifest: Record, stored paths, vis(3) names, read_manifest and
                   write_manifest, the backups on this laptop (backups_in, newest_backup)
     backup.py     backup: plan_backup (prepare phase, read-only), run_backup (execution phase)
-    restore.py    restore: the backup verified (open_backup), what the host has (look_at_host),
-                  the operations that add what it lacks (restore_files, ..., requeue)
+    trust.py      what a backup may say: no more than a deploy makes (modes masked; owners,
+                  groups, kinds, paths and accounts vetted), since anyone who can write a
+                  backup can edit it and restore runs as root
+    restore.py    restore: the backup verified and vetted (open_backup), what the host has
+                  (look_at_host, require_within_parts), the operations that add what it lacks
+                  (restore_files, ..., requeue)
 
 Here: the recovery settings (COMPONENT, which qmailhost.registry reads), and every public
 name of those modules, so ``recovery.X`` and ``from qmailhost.recovery import X`` work as
@@ -86,12 +90,14 @@ from qmailhost.recovery.restore import (
     pending_messages,
     requeue,
     require_deployed,
+    require_within_parts,
     restore_files,
     restore_password_hashes,
     restore_roots,
     send_files,
     verify,
 )
+from qmailhost.recovery.trust import MODE_CAP, ROOT_GROUPS, SERVICE_GROUPS, SERVICE_OWNERS, trusted_backup, vetted
 from qmailhost.settings import SettingsError, boolean
 
 __all__ = [
@@ -109,8 +115,10 @@ __all__ = [
     "BackupPlan", "envelope_of", "hashes_script", "listing_script", "plan_backup", "run_backup",
     # restore
     "Backup", "HostView", "changed_hashes", "generic_parts", "host_script", "look_at_host", "missing_files",
-    "open_backup", "pending_messages", "require_deployed", "requeue", "restore_files", "restore_password_hashes",
-    "restore_roots", "send_files", "verify",
+    "open_backup", "pending_messages", "require_deployed", "require_within_parts", "requeue", "restore_files",
+    "restore_password_hashes", "restore_roots", "send_files", "verify",
+    # trust
+    "MODE_CAP", "ROOT_GROUPS", "SERVICE_GROUPS", "SERVICE_OWNERS", "trusted_backup", "vetted",
 ]
 
 

@@ -202,11 +202,33 @@ def read_manifest(directory: Path) -> tuple[dict, list[Record]]:
         raise RecoveryError(f"{directory} is not a complete qmailhost backup (no {MANIFEST} or its sum)") from None
     if hashlib.sha256(data).hexdigest() != recorded:
         raise RecoveryError(f"{directory}/{MANIFEST} is damaged (its sha256 does not match)")
-    document = json.loads(data)
-    if document.get("format") != FORMAT:
-        raise RecoveryError(f"{directory}: unknown backup format {document.get('format')!r}")
-    records = [Record(**r) for r in document.pop("records")]
-    return document, records
+    try:
+        document = json.loads(data)
+    except ValueError:
+        raise RecoveryError(f"{directory}/{MANIFEST} is damaged (not JSON)") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise RecoveryError(f"{directory}: unknown backup format {_format_of(document)!r}")
+    entries = document.pop("records", None)
+    if not isinstance(entries, list):
+        raise RecoveryError(f"{directory}/{MANIFEST} is damaged (no list of records)")
+    return document, [_record(directory, n, r) for n, r in enumerate(entries)]
+
+
+_FIELDS = frozenset(Record.__dataclass_fields__)
+
+
+def _format_of(document) -> object:
+    return document.get("format") if isinstance(document, dict) else None
+
+
+def _record(directory: Path, number: int, entry) -> Record:
+    """A manifest line as a Record; a field a Record does not have (a link's target) is refused."""
+    if not isinstance(entry, dict) or "kind" not in entry or not set(entry) <= _FIELDS:
+        unknown = sorted(set(entry) - _FIELDS) if isinstance(entry, dict) else []
+        name = entry.get("path") or entry.get("stored") if isinstance(entry, dict) else None
+        raise RecoveryError(f"{directory}/{MANIFEST}: entry {name or number!r} is none backup.py writes"
+                            + (f" (unknown fields: {', '.join(map(str, unknown))})" if unknown else ""))
+    return Record(**entry)
 
 
 def backups_in(root: Path) -> list[Path]:

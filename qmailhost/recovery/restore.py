@@ -1,12 +1,15 @@
 """Restore: the backup verified, what the host has, and the operations that add the rest.
 
-open_backup takes the backup to put back (restore_from, else the newest in backup_dir) and
-verifies every stored file's size and sha256 first. look_at_host reads in one round trip
-what the host already has: the accounts' homes and the sha256 of their hashes (never the
-hashes), every path under the generic parts' paths, earlier requeues, the queue. Restore
-adds only what the host lacks (restore_files, restore_password_hashes, requeue): it never
-deletes or overwrites mail there; a component with its own restore hook (tls, acme) puts
-its files back itself.
+open_backup takes the backup to put back (restore_from, else the newest in backup_dir),
+verifies every stored file's size and sha256 first, then holds what it says to what a
+deploy makes (trust.py: modes masked; owners, groups, kinds and paths vetted; only the
+inventory's accounts): nothing a backup says reaches the host unvetted. look_at_host
+reads in one round trip what the host already has: the accounts' homes and the sha256 of
+their hashes (never the hashes), every path under the generic parts' paths, earlier
+requeues, the queue; with it, require_within_parts refuses an entry that lies outside
+the parts there. Restore adds only what the host lacks (restore_files,
+restore_password_hashes, requeue): it never deletes or overwrites mail there; a
+component with its own restore hook (tls, acme) puts its files back itself.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from qmailhost.platform import DEBIAN_PASSWORD_APPLY, DEBIAN_SHELL, Platform, Sh
 from qmailhost.recovery.common import Options, RecoveryError
 from qmailhost.recovery.manifest import (
     _CHUNK,
+    MANIFEST,
     Record,
     _pax_mtime,
     _plain,
@@ -39,6 +43,7 @@ from qmailhost.recovery.manifest import (
 )
 from qmailhost.recovery.parts import _words, backup_parts, part_paths
 from qmailhost.recovery.remote import Remote, _records
+from qmailhost.recovery.trust import refuse_outside_parts, trusted_backup, vetted
 from qmailhost.settings import Settings, SettingsError
 
 REQUEUED_DIR = f"{STATE_DIR}/requeued"  # one marker per requeued message: idempotent restores
@@ -49,9 +54,14 @@ REQUEUED_DIR = f"{STATE_DIR}/requeued"  # one marker per requeued message: idemp
 
 @dataclass
 class Backup:
+    """A verified backup, held to what a deploy makes (trust.py): RECORDS vetted (modes
+    masked), ACCOUNTS the header's that the inventory has, HASHES theirs (account -> hash)."""
+
     directory: Path
     header: dict
     records: list[Record]
+    accounts: tuple[str, ...] = ()
+    hashes: dict[str, str] = field(default_factory=dict, repr=False)
 
     def host_files(self) -> dict[str, Record]:
         return {r.path: r for r in self.records if r.kind in ("file", "dir")}
@@ -61,8 +71,9 @@ class Backup:
 
 
 def open_backup(opts: Options, settings: Settings) -> Backup:
-    """The backup to restore (restore_from, else the newest), fully verified; a one-line
-    SettingsError naming restore_from for a missing, foreign or damaged one."""
+    """The backup to restore (restore_from, else the newest), fully verified and held to what
+    a deploy makes; a one-line SettingsError naming restore_from for a missing, foreign,
+    damaged or tampered one."""
     directory = opts.restore_from or (backups_in(opts.backup_root) or [None])[-1]
     if directory is None:
         raise SettingsError("restore_from", f"no backup of {settings.hostname} in {opts.backup_root}",
@@ -73,10 +84,19 @@ def open_backup(opts: Options, settings: Settings) -> Backup:
     except RecoveryError as error:
         raise SettingsError("restore_from", str(error),
                             "restore from another backup (set restore_from) or take a new one") from None
-    if header["hostname"] != settings.hostname:
-        raise SettingsError("restore_from", f"{directory} is a backup of {header['hostname']}, not of "
+    if header.get("hostname") != settings.hostname:
+        raise SettingsError("restore_from", f"{directory} is a backup of {header.get('hostname')}, not of "
                             f"{settings.hostname}", "set restore_from to a backup of this host")
-    return Backup(directory, header, records)
+    try:
+        shadows = [r for r in records if r.kind == "shadow"]
+        if len(shadows) != 1:
+            raise RecoveryError(f"{directory}/{MANIFEST}: {len(shadows)} shadow entries, not one")
+        shadow = (directory / shadows[0].stored).read_bytes()
+        accounts, hashes, records = trusted_backup(directory, header, records, shadow, settings)
+    except RecoveryError as error:
+        raise SettingsError("restore_from", str(error),
+                            "restore from a backup you trust (set restore_from), or take a new one") from None
+    return Backup(directory, header, records, accounts, hashes)
 
 
 def verify(directory: Path, records: list[Record]) -> None:
@@ -144,8 +164,7 @@ def host_script(accounts: Iterable[str], paths: Iterable[str], platform: Platfor
 
 
 def look_at_host(remote: Remote, backup: Backup, platform: Platform, settings: Settings) -> HostView:
-    script = host_script(backup.header["accounts"], part_paths(generic_parts(platform), settings, platform),
-                         platform)
+    script = host_script(backup.accounts, part_paths(generic_parts(platform), settings, platform), platform)
     view = HostView()
     for fields in _records(remote.run(script, "listing what the host already has")):
         kind, rest = fields[0], "\t".join(fields[1:])
@@ -169,10 +188,18 @@ def require_deployed(view: HostView, backup: Backup, name: str) -> None:
     """Restore goes onto a deployed host: refuse a bare one; warn of accounts it lacks."""
     if not view.has_qmail:
         raise RecoveryError(f"host {name} has no qmail yet: run deploy.py first, then restore.py")
-    for account in backup.header["accounts"]:
+    for account in backup.accounts:
         if account not in view.homes:
             host.log(f"Account {account} is in the backup but not on the host: its mail and password "
                      "are not restored (add it to accounts and deploy first)", logger.warning)
+
+
+def require_within_parts(backup: Backup, view: HostView, platform: Platform, settings: Settings) -> None:
+    """Every file and directory of BACKUP lies under a path the components' parts declare, as
+    this host leads ~user there, and a Maildir's entries are its user's: else one SettingsError
+    line naming the entry, before anything changes (trust.py)."""
+    words = part_paths(backup_parts(platform), settings, platform)
+    refuse_outside_parts(backup.host_files().values(), backup.directory, words, view.homes, backup.accounts)
 
 
 def restore_roots(backup: Backup, view: HostView) -> tuple[str, ...]:
@@ -191,11 +218,9 @@ def missing_files(backup: Backup, view: HostView) -> list[Record]:
 
 
 def changed_hashes(backup: Backup, view: HostView) -> dict[str, str]:
-    """account -> backed-up hash, for accounts on the host whose hash differs from it."""
-    record = next(r for r in backup.records if r.kind == "shadow")
+    """account -> backed-up hash, for the backup's accounts on the host whose hash differs from it."""
     changed = {}
-    for line in backup.read(record).decode().splitlines():
-        account, _, hashed = line.partition(":")
+    for account, hashed in backup.hashes.items():
         current = view.hash_sums.get(account)
         if current and account in view.homes and current != hashlib.sha256(hashed.encode()).hexdigest():
             changed[account] = hashed
@@ -236,7 +261,17 @@ _TAR_FORMATS = {"pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}
 
 def send_files(remote: Remote, directory: Path, records: list[Record], shell: Shell = DEBIAN_SHELL) -> None:
     """Stream RECORDS to the host as one tar in the format its tar_extract reads: pax
-    (exact mtimes, any file name) for GNU tar, ustar (whole seconds) for NetBSD's pax."""
+    (exact mtimes, any file name) for GNU tar, ustar (whole seconds) for NetBSD's pax.
+
+    tar_extract keeps owners and modes (GNU tar -p --same-owner, pax -pe) and never
+    overwrites. What it keeps is only ever this archive's, written here from vetted records:
+    regular files and directories, modes within trust.MODE_CAP (no setuid, setgid or sticky
+    bit), owners and groups the deploy makes. So each record is checked once more before
+    anything streams (the last gate), and a host never sees a backup's own tar."""
+    for record in records:
+        if not vetted(record):
+            raise RecoveryError(f"refusing to restore {record.path!r} ({record.kind}, mode {record.mode!r}, "
+                                f"{record.owner!r}:{record.group!r}): not vetted by open_backup")
     with remote.input(shell.tar_extract, "restoring files") as stream, \
             tarfile.open(fileobj=stream, mode="w|", format=_TAR_FORMATS[shell.tar_format], bufsize=_CHUNK) as archive:
         for record in records:
@@ -245,7 +280,7 @@ def send_files(remote: Remote, directory: Path, records: list[Record], shell: Sh
 
 def _add(archive: tarfile.TarFile, directory: Path, record: Record) -> None:
     info = tarfile.TarInfo(record.path.lstrip("/"))
-    info.type = tarfile.REGTYPE if record.kind == "file" else tarfile.DIRTYPE
+    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE}[record.kind]
     info.mode = int(record.mode, 8)
     info.uname, info.gname = record.owner, record.group
     info.mtime = record.mtime_ns // 10**9
@@ -284,8 +319,9 @@ def requeue(messages: list[tuple[str, bytes, bytes]], qmail_queue: str):
         host.noop("every pending message of the backup is queued already")
         return
     yield f"mkdir -p {REQUEUED_DIR} && chmod 700 {REQUEUED_DIR}"
-    for ident, message, envelope in messages:
+    for ident, message, envelope in messages:  # (an ident is 32 hex digits: trust.py; quoted all the same)
         base = f"{REQUEUED_DIR}/{ident}"
+        msg, env, done = (shlex.quote(f"{base}.{suffix}") for suffix in ("msg", "env", "done"))
         yield FileUploadCommand(BytesIO(message), f"{base}.msg", remote_temp_filename=f"{base}.msg")
         yield FileUploadCommand(BytesIO(envelope), f"{base}.env", remote_temp_filename=f"{base}.env")
-        yield f"{qmail_queue} <{base}.msg 1<{base}.env && touch {base}.done && rm -f {base}.msg {base}.env"
+        yield f"{shlex.quote(qmail_queue)} <{msg} 1<{env} && touch {done} && rm -f {msg} {env}"
