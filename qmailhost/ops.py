@@ -9,8 +9,9 @@
   differs from the one the host recorded after the last successful run: builds,
   cdb compiles, restarts. The stamp is written last, so an interrupted step reruns.
 - ``account_password``: sets a password hash through a file, never a command line,
-  and only when the host's hash does not verify the password (the hash scheme and the
-  command that applies the file are platform data: chpasswd, or NetBSD's master.passwd).
+  and only when the host's hash does not verify the password, or costs fewer rounds than
+  ``ROUNDS`` (the hash scheme and the command that applies the file are platform data:
+  chpasswd, or NetBSD's master.passwd).
 - ``user``/``group``: useradd/groupadd with the platform's flags; ``permissions``: the
   owner and mode of a file a package installed.
 """
@@ -219,50 +220,70 @@ def record_stamp(stamp: str, value: str) -> str:
 
 # passlib handlers by the platform's scheme name (qmailhost/platform.py): Debian's shadow
 # file takes sha512-crypt ($6$), NetBSD's master.passwd its native sha1-crypt ($sha1$).
+# (yescrypt, Debian's own default, is neither in passlib nor in NetBSD's crypt(3).)
 _SCHEMES = {"sha512_crypt": sha512_crypt, "sha1_crypt": sha1_crypt}
 _PREFIXES = {"sha512_crypt": "$6$", "sha1_crypt": "$sha1$"}
-_NEW_ROUNDS = {"sha1_crypt": 24680}  # NetBSD's own default for new sha1 hashes (pw_gensalt)
+# The rounds of every new hash, and the fewest a host's hash may have: one with fewer is
+# made again at the next run (the password is known then), so a host's old hashes (glibc's
+# default 5000 rounds, NetBSD's passwd about 24680) are replaced once. Each costs about
+# 0.4 s of passlib on the laptop per account and run (to check the host's hash), and a
+# few tenths of a second of crypt(3) on the host per login.
+ROUNDS = {"sha512_crypt": 500_000, "sha1_crypt": 500_000}
 
 
 def password_hash(password: str, salt: str | None = None, scheme: str = "sha512_crypt",
                   rounds: int | None = None) -> str:
-    """PASSWORD hashed with SCHEME (with SALT and ROUNDS, to check an existing hash)."""
-    if scheme == "sha512_crypt":
-        hasher = sha512_crypt.using(rounds=5000) if salt is None else sha512_crypt.using(salt=salt, rounds=5000)
-        return hasher.hash(password)
-    settings = {"salt": salt} if salt is not None else {}
-    settings["rounds"] = rounds or _NEW_ROUNDS[scheme]
+    """PASSWORD hashed with SCHEME: a new hash (ROUNDS), or with SALT and ROUNDS to check an existing one."""
+    settings = {"rounds": rounds or ROUNDS[scheme]}
+    if salt is not None:
+        settings["salt"] = salt
     return _SCHEMES[scheme].using(**settings).hash(password)
 
 
-def password_matches(password: str, recorded: dict | None, scheme: str = "sha512_crypt") -> bool:
-    """Does the host's hash (salt and SHA256 of the whole hash) verify PASSWORD?"""
+def hash_settings(recorded: dict | None, scheme: str = "sha512_crypt") -> tuple[int, str] | None:
+    """(rounds, salt) of the host's hash from its salt field ("$6$[rounds=N$]SALT" with
+    glibc's 5000 rounds unsaid; "$sha1$N$SALT"), or None when it is not one of SCHEME's
+    that passlib can compute."""
     if not recorded or not recorded["salt"].startswith(_PREFIXES[scheme]):
-        return False
-    salt_field = recorded["salt"].split("$")
-    handler = _SCHEMES[scheme]
+        return None
+    fields = recorded["salt"].split("$")[2:]
     if scheme == "sha512_crypt":
-        if len(salt_field) != 3 or any(c not in sha512_crypt.salt_chars for c in salt_field[2]):
-            return False
-        candidate = password_hash(password, salt=salt_field[2])
-    else:  # $sha1$ROUNDS$SALT
-        if len(salt_field) != 4 or not salt_field[2].isdigit() or not salt_field[3] \
-                or any(c not in handler.salt_chars for c in salt_field[3]):
-            return False
-        candidate = password_hash(password, salt=salt_field[3], scheme=scheme, rounds=int(salt_field[2]))
-    return _sha256(candidate.encode()) == recorded["hash_sha256"]
+        rounds = "5000"
+        if len(fields) == 2 and fields[0].startswith("rounds="):
+            rounds = fields.pop(0).removeprefix("rounds=")
+    else:
+        rounds = fields.pop(0) if len(fields) == 2 else ""
+    handler = _SCHEMES[scheme]
+    if len(fields) != 1 or not rounds.isdigit() or int(rounds) > handler.max_rounds or not fields[0] \
+            or any(c not in handler.salt_chars for c in fields[0]):
+        return None
+    return int(rounds), fields[0]
+
+
+def password_matches(password: str, recorded: dict | None, scheme: str = "sha512_crypt") -> bool:
+    """Does the host's hash (salt and SHA256 of the whole hash) verify PASSWORD, at no fewer
+    rounds than ROUNDS? A weaker one counts as not verifying, so it is made again."""
+    found = hash_settings(recorded, scheme)
+    if found is None or found[0] < ROUNDS[scheme]:
+        return False
+    rounds, salt = found
+    return _sha256(password_hash(password, salt=salt, scheme=scheme, rounds=rounds).encode()) == recorded["hash_sha256"]
 
 
 @operation()
 def account_password(user: str, password: str, source: str, scheme: str = "sha512_crypt",
                      apply: str = DEBIAN_PASSWORD_APPLY):
-    """Set USER's password hash from PASSWORD (from SOURCE) when the host's does not verify it.
-    The hash travels in an uploaded "user:hash" file that APPLY ({file}) feeds to the
-    password database and removes; never on a command line."""
+    """Set USER's password hash from PASSWORD (from SOURCE) when the host's does not verify it,
+    or is weaker than ROUNDS. The hash travels in an uploaded "user:hash" file that APPLY
+    ({file}) feeds to the password database and removes; never on a command line."""
     recorded = host_state()["accounts"].get(user)
     if password_matches(password, recorded, scheme):
         host.noop(f"password of {user} verifies ({source})")
         return
+    found = hash_settings(recorded, scheme)
+    if found and found[0] < ROUNDS[scheme]:
+        host.log(f"Will hash the password of {user} again: {found[0]} rounds on the host, "
+                 f"fewer than {ROUNDS[scheme]}", logger.info)
     line = f"{user}:{password_hash(password, scheme=scheme)}\n".encode()
     temp = f"/root/.qmailhost-chpasswd-{user}"
     yield private_file_command(temp)

@@ -1,12 +1,14 @@
 """stunnel: TLS for submission in front of the submission mode's listener (tasks/submission.py:
 ofmipd on 127.0.0.1:26; tmda-ofmipd on 127.0.0.1:8025): STARTTLS on 587, and implicit
 TLS on 465 (RFC 8314; ``submissions_port``, null turns it off), both under the one TLS
-policy (tasks/tls.py). Under daemontools it runs in the foreground, as nobody:qmailtls from its
-start (setpriv: never root, only allowed to bind ports below 1024); under rc.d it detaches,
-reading the key as root before its own setuid. Restarted by a deploy when its config or
-the TLS pair changes; reloaded (HUP: sessions stay up) when a renewal or a restore
-replaces the pair (restarted under rc.d). Its status check: 587 offers STARTTLS and no
-AUTH before it.
+policy (tasks/tls.py). It runs as an account of its own, the one its package makes
+(Debian's stunnel4: stunnel4; pkgsrc's security/stunnel: stunnel), which no other daemon
+is, in the key's group qmailtls. Under daemontools it runs in the foreground, so from its
+start (setpriv: never root, only allowed to bind ports below 1024); under rc.d it
+detaches, reading the key as root before its own setuid. Restarted by a deploy when its
+config or the TLS pair changes; reloaded (HUP: sessions stay up) when a renewal or a
+restore replaces the pair (restarted under rc.d). Its status check: 587 offers STARTTLS
+and no AUTH before it.
 """
 
 from dataclasses import dataclass
@@ -27,7 +29,9 @@ from tasks import dns, tls
 class Paths:
     program: str
     config: str
-    user: tuple[str, str]  # it runs as this user and the key's group (a reload re-reads the pair)
+    # It runs as this user, which its package makes (no other daemon is it), and the key's
+    # group (a reload re-reads the pair).
+    user: tuple[str, str]
     foreground: bool  # daemontools supervises it; rc.d expects it to detach
     # How it gets there. "setpriv": started so by its run script, never root, with only the
     # capability to bind ports below 1024, which a reload (HUP) needs to bind them again
@@ -37,7 +41,7 @@ class Paths:
 
 
 PATHS = {
-    "debian": Paths("/usr/bin/stunnel4", "/etc/qmailhost/stunnel.conf", ("nobody", tls.KEY_GROUP), foreground=True,
+    "debian": Paths("/usr/bin/stunnel4", "/etc/qmailhost/stunnel.conf", ("stunnel4", tls.KEY_GROUP), foreground=True,
                     drop="setpriv"),
     "netbsd": Paths("/usr/pkg/bin/stunnel", "/usr/pkg/etc/stunnel/stunnel.conf", ("stunnel", tls.KEY_GROUP),
                     foreground=False, drop="setuid"),

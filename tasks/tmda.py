@@ -7,7 +7,10 @@ each piece found (service or rc.d script, its rc.conf.d file, the stunnel stanza
 package, the tofmipd user) is archived under /var/lib/qmailhost/tmda-archive/<time>/
 and removed. What "a TMDA piece" is, is written once per platform, in the script
 that lists them (pieces.sh, netbsd-pieces.sh): retirement removes what it lists, and
-the status check reports what it still lists. In mode "tmda" (NetBSD: pkgsrc
+the status check reports what it still lists. Both run as root over users' homes and
+follow none of their links: a ~/.tmda or .qmail file is a piece only when it is no link
+and its home's owner's, a .qmail file is rewritten through one descriptor into a file
+made exclusively, and what is left alone is said on stderr. In mode "tmda" (NetBSD: pkgsrc
 mail/tmda), the newest archive, if any, is unpacked once, so rolling back puts the
 original configuration back. Backups carry the archive. Mail is never touched.
 """

@@ -2,6 +2,22 @@
 # service (daemontools link), initscript, stunnel (a config with a stanza that connects
 # to tmda-ofmipd on 8025), tmdarc, userdir (~/.tmda), dotqmail (a .qmail file with a
 # line piping to tmda-filter), program, package, user, group.
+# It runs as root, and so does the retirement acting on what it lists: in the homes it
+# follows no link. A home that is a symbolic link is not entered; a ~/.tmda or .qmail
+# file is a piece only when it is no symbolic link and is its home's owner's (or root's,
+# and then a file's only name: no hard link a user made to one of root's files). What it
+# leaves alone it says on stderr: "left alone: PATH (why)".
+: "${tmda_homes:=/root /home/* /var/qmail/alias}"  # where users keep ~/.tmda and .qmail files
+
+# Why PATH is not its home's own, when the home's owner is UID (nothing when it is):
+# lstat(2), so a link's own owner and link count, never its target's.
+foreign() {
+  if [ -L "$1" ]; then echo "a symbolic link"; return; fi
+  set -- "$1" "$2" $(stat -c '%u %h' -- "$1")
+  if [ "$3" = "$2" ] || { [ "$3" = 0 ] && { [ -d "$1" ] || [ "$4" = 1 ]; }; }; then return; fi
+  echo "not its home's owner's"
+}
+
 for s in /etc/service/tmda-ofmipd /etc/service/tofmipd; do
   { [ -e "$s" ] || [ -L "$s" ]; } && printf 'service\t%s\n' "$s"
 done
@@ -11,10 +27,20 @@ for c in /etc/stunnel/*.conf; do
     && printf 'stunnel\t%s\n' "$c"
 done
 [ -e /etc/tmdarc ] && printf 'tmdarc\t%s\n' /etc/tmdarc
-for home in /root /home/* /var/qmail/alias; do
-  [ -d "$home/.tmda" ] && printf 'userdir\t%s\n' "$home/.tmda"
+for home in $tmda_homes; do
+  if [ -L "$home" ]; then echo "left alone: $home (a symbolic link: not entered)" >&2; continue; fi
+  [ -d "$home" ] || continue
+  uid=$(stat -c %u -- "$home")
+  if [ -e "$home/.tmda" ] || [ -L "$home/.tmda" ]; then
+    why=$(foreign "$home/.tmda" "$uid")
+    if [ -n "$why" ]; then echo "left alone: $home/.tmda ($why)" >&2
+    elif [ -d "$home/.tmda" ]; then printf 'userdir\t%s\n' "$home/.tmda"; fi
+  fi
   for q in "$home"/.qmail "$home"/.qmail-*; do
-    [ -f "$q" ] && grep -q 'tmda-filter' "$q" && printf 'dotqmail\t%s\n' "$q"
+    { [ -f "$q" ] || [ -L "$q" ]; } || continue
+    why=$(foreign "$q" "$uid")
+    if [ -n "$why" ]; then echo "left alone: $q ($why)" >&2
+    elif grep -q 'tmda-filter' "$q"; then printf 'dotqmail\t%s\n' "$q"; fi
   done
 done
 for p in /usr/bin/tmda-* /usr/local/bin/tmda-*; do [ -e "$p" ] && printf 'program\t%s\n' "$p"; done

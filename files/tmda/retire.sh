@@ -4,11 +4,34 @@
 # modes and content as they were) and MANIFEST (kind, path, sha256 of each file), so a
 # rollback can put everything back. Mail and Maildirs are never touched: a .qmail file
 # loses only its tmda-filter lines (delivery falls back to ./Maildir/ when none remain).
+# Run as root in users' homes, it follows none of their links (pieces.sh lists only what
+# is no link and its home's owner's; the archive and removal follow no link, and a
+# .qmail file is rewritten as drop_tmda_lines says); what it leaves alone it says.
 set -eu
+: "${tmda_archive:=/var/lib/qmailhost/tmda-archive}"  # where the archives are kept
+
+# Rewrites the .qmail file $1 without its tmda-filter lines, or fails and changes nothing.
+# One descriptor reads it, and what that descriptor is decides: the file that the name $1
+# still is (no link swapped in since it was listed), of its home's owner $2 (or root's,
+# its only name). The new file has a name no one can guess, is created
+# exclusively (set -C: never through a link planted there) with that file's owner and
+# mode (a umask and chown -h: never through a name), then renamed over $1.
+drop_tmda_lines() (
+  new=$(mktemp -u "$1.qmailhost-XXXXXXXX")
+  set -C
+  set -- "$1" "$2" "$new" $(stat -c '%u %g %a %h %d %i' -)
+  [ "$(stat -c '%d %i' -- "$1")" = "$8 $9" ] || exit 1
+  [ "$4" = "$2" ] || { [ "$4" = 0 ] && [ "$7" = 1 ]; } || exit 1
+  umask "$(printf %o $(( 0777 & ~0$6 )))"
+  exec 3> "$3"
+  grep -v 'tmda-filter' >&3 || [ $? = 1 ] || { rm -f "$3"; exit 1; }
+  if [ -s "$3" ]; then chown -h "$4:$5" "$3" && mv -f "$3" "$1"; else rm -f "$3" "$1"; fi
+) < "$1"
+
 pieces=$(sh "$(dirname "$0")/pieces.sh")
 [ -n "$pieces" ] || exit 0
-archive=/var/lib/qmailhost/tmda-archive/$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$archive" && chmod 700 /var/lib/qmailhost/tmda-archive "$archive"
+archive=$tmda_archive/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$archive" && chmod 700 "$tmda_archive" "$archive"
 
 # 1. Archive: the manifest, then a tar of every path (services: the directory they point at).
 paths=""
@@ -16,7 +39,7 @@ echo "$pieces" | while IFS='	' read -r kind path; do
   case "$kind" in
     package|user|group) printf '%s\t%s\t-\n' "$kind" "$path" ;;
     *) { [ "$kind" = service ] && [ -L "$path" ] && echo "$path" && find "$(readlink -f "$path")" -xdev \
-           -name supervise -prune -o \( -type f -o -type l \) -print; find "$path" -xdev \( -type f -o -type l \); } \
+           -name supervise -prune -o \( -type f -o -type l \) -print; find -P "$path" -xdev \( -type f -o -type l \); } \
          2>/dev/null | sort -u | while read -r f; do
          if [ -f "$f" ] && [ ! -L "$f" ]; then sum=$(sha256sum < "$f" | cut -c1-64); else sum=link; fi
          printf '%s\t%s\t%s\n' "$kind" "$f" "$sum"
@@ -31,6 +54,7 @@ for s in $(echo "$pieces" | awk -F'\t' '$1 == "service" {print $2}'); do
 done
 paths="$paths $(echo "$pieces" | awk -F'\t' '$1 !~ /^(package|user|group)$/ {print $2}')"
 grep -E '^(tofmipd):' /etc/passwd /etc/group > "$archive/accounts" 2>/dev/null || true
+# Without -h: a link is archived as the link it is.
 # shellcheck disable=SC2086
 tar -C / $excludes -cpf "$archive/pieces.tar.new" $(for p in $paths; do [ -e "$p" ] && echo "${p#/}"; done)
 mv "$archive/pieces.tar.new" "$archive/pieces.tar"
@@ -57,11 +81,9 @@ echo "$pieces" | while IFS='	' read -r kind path; do
       else rm -f "$path.qmailhost-new" "$path"; fi
       for pid in $(pgrep -f "stunnel.* $path\$" || true); do kill "$pid" 2>/dev/null || true; done ;;
     dotqmail)
-      grep -v 'tmda-filter' "$path" > "$path.qmailhost-new" || true
-      if [ -s "$path.qmailhost-new" ]; then
-        chown --reference="$path" "$path.qmailhost-new"; chmod --reference="$path" "$path.qmailhost-new"
-        mv -f "$path.qmailhost-new" "$path"
-      else rm -f "$path.qmailhost-new" "$path"; fi ;;
+      drop_tmda_lines "$path" "$(stat -c %u -- "${path%/*}")" \
+        || echo "left alone: $path (no longer a file of its home's owner)" >&2 ;;
+    # rm follows no link: a ~/.tmda made a link since it was listed loses only the link.
     tmdarc|userdir|program) rm -rf "$path" ;;
     package) DEBIAN_FRONTEND=noninteractive apt-get remove -y -q tmda >/dev/null ;;
     user) userdel tofmipd ;;
