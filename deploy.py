@@ -25,6 +25,7 @@ from tasks import (
     checkpassword,
     dkim,
     imap,
+    limits,
     mess822,
     qmail,
     resolver,
@@ -64,10 +65,11 @@ control = qmail.configure(platform, settings, remote=signer)
 qmail.outbound_tls(platform, settings)
 qmail.aliases(platform, settings)
 qmail.sendmail(platform)
-accounts.configure(platform, settings)
+accounts.configure(platform, settings, brake_user=submission.USER)
 dkim.configure(platform, settings)  # keys made once; the signer qmail-send runs, the inbound filter
 tls_pair = tls.configure(platform, settings)  # self-signed, or the laptop's
 tls_pair = acme.configure(platform, settings, tls_pair)  # under tls: acme, the CA's
+limits.configure(platform, settings)  # what one address may hold (nftables), before the listeners
 
 # Services (daemontools or rc.d: qmailhost/backends/services.py)
 services.supervisor(platform)

@@ -160,6 +160,15 @@ class Host:
     def gateway(self) -> str:
         return f"{SUBNET}.{self.index}.1"
 
+    def client_address(self, number: int) -> str:
+        """Another address on the laptop's side of the veth (a second client, a stranger): added to
+        the veth once, with a route to it inside the host's namespace. NUMBER: 1 to 9."""
+        address = f"{SUBNET}.{self.index}.{10 + number}"
+        if f" {address}/" not in run("ip", "-o", "addr", "show", "dev", self.veth).stdout:
+            run("ip", "addr", "add", f"{address}/32", "dev", self.veth)
+            run("ip", "-n", self.netns, "route", "replace", f"{address}/32", "dev", "eth0")
+        return address
+
     @property
     def netns(self) -> str:
         return f"{PREFIX}{self.name}"

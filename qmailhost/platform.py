@@ -91,6 +91,11 @@ class Platform:
     tcprules: str = "tcprules"
     tcprules_suffix: str = ".rules"  # NAME.rules beside NAME.cdb (qmail-run: NAME, NAME.cdb)
     conflicting_services: tuple[str, ...] = ()  # base-system MTAs to stop and disable
+    # The interpreter qmailhost's host scripts run with (the DKIM signer and filters, the login
+    # brake, the sender check), and its package. pkgsrc: its default Python
+    # (lang/python/pyversion.mk: 313), lang/python313's bin/python3.13.
+    python: str = "/usr/bin/python3"
+    python_package: str = "python3"
     rcd_dir: str = "/etc/rc.d"
     rc_conf_d: str = "/etc/rc.conf.d"
     rcd_examples: str = "/usr/pkg/share/examples/rc.d"
@@ -171,6 +176,7 @@ def netbsd(release: str) -> Platform:
         password_scheme="sha1_crypt", password_apply=NETBSD_PASSWORD_APPLY,
         tcprules="/usr/pkg/bin/tcprules", tcprules_suffix="",
         conflicting_services=("postfix",),
+        python="/usr/pkg/bin/python3.13", python_package="python313",
     )
 
 

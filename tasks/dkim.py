@@ -48,17 +48,16 @@ _SELECTOR = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 @dataclass(frozen=True)
 class Paths:
-    python: str  # the interpreter the signer and the inbound filter run with (it imports dkim)
     dknewkey: str  # python3-dkim's key maker
     packages: tuple[str, ...]  # dkimpy (with dnspython, and PyNaCl for ed25519) and pyspf
 
 
 PATHS = {
-    "debian": Paths("/usr/bin/python3", "/usr/bin/dknewkey", ("python3-dkim", "python3-spf")),
+    "debian": Paths("/usr/bin/dknewkey", ("python3-dkim", "python3-spf")),
     # pkgsrc for its default Python (lang/python/pyversion.mk: 313): mail/py-dkim (dkimpy, PKGNAME
     # py313-dkim; DEPENDS py-dns (dnspython), py-nacl (PyNaCl), py-authres, py-aiodns) installs
     # bin/dknewkey unsuffixed (PLIST; PYTHON_SELF_CONFLICT=yes), mail/py-spf (pyspf) is py313-spf.
-    "netbsd": Paths("/usr/pkg/bin/python3.13", "/usr/pkg/bin/dknewkey", ("py313-dkim", "py313-spf")),
+    "netbsd": Paths("/usr/pkg/bin/dknewkey", ("py313-dkim", "py313-spf")),
 }
 
 
@@ -174,7 +173,7 @@ def _table(platform: Platform, settings: Settings) -> str:
 
 
 def _script(platform: Platform, name: str) -> str:
-    return f"#!{PATHS[platform.name].python}\n" + read(name)
+    return f"#!{platform.python}\n" + read(name)
 
 
 @deploy("dkim")

@@ -91,7 +91,8 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair) -> None:
     speaks(name=f"Check that the installed Dovecot is {spoken}", program=paths.program, language=spoken)
     if paths.pam_file:  # read by PAM at each login: nothing restarts
         ops.whole_file(name="Write Dovecot's PAM service (mail accounts only)", dest=paths.pam_file,
-                       content=render("imap/pam.j2", accounts_file=accounts.mail_accounts_file(platform)))
+                       content=render("imap/pam.j2", accounts_file=accounts.mail_accounts_file(platform),
+                                      brake=accounts.brake(platform)))
     cert, key = tls.paths(platform)
     config = render(f"imap/dovecot-{spoken}.conf.j2", language=spoken, policy=tls.policy(settings), cert=cert, key=key,
                     imap_port=settings.imap_port, imaps_port=settings.imaps_port, pop3s_port=settings.pop3s_port,

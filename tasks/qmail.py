@@ -249,6 +249,12 @@ def _virtualdomains(value, values: dict) -> dict[str, str]:
             # qmail-send delivers a domain in control/locals locally and never reads its virtualdomains line.
             raise SettingsError("virtualdomains", f"{domain!r} is a local domain (domains, hostname): qmail "
                                 "would never use this entry", "list it in one of domains or virtualdomains")
+        names = [account.name for account in values["accounts"]]
+        if not any(prefix == name or str(prefix).startswith(f"{name}-") for name in names):
+            # qmail-lspawn would hand the mail to whichever system user bears the name (or bounce it).
+            raise SettingsError("virtualdomains", f"{domain}: {prefix!r} names no mail account, so its mail would "
+                                "go to a system user or bounce", f"use an account's name, or name-extension "
+                                f"(one of: {', '.join(names) or '(add an account)'})")
     return dict(entries)
 
 

@@ -72,7 +72,8 @@ def smtp_config(platform: Platform, settings: Settings) -> str:
     ops.whole_file(name="Write spamdyke's port 25 config", dest=path,
                    content=render("spamdyke/smtp.conf.j2", control_dir=platform.control_dir, filters=filters, dns=dns,
                                   resolver=resolver.ADDRESS, cert=cert, key=key, policy=tls.policy(settings),
-                                  recipient_checker=recipient_checker(platform)))
+                                  recipient_checker=recipient_checker(platform),
+                                  session_seconds=settings.session_seconds))
     return path
 
 

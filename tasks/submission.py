@@ -13,6 +13,8 @@ account may send, and the mode on the host is the one asked for.
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import smtplib
 from dataclasses import dataclass
@@ -24,9 +26,9 @@ from qmailhost.backends import rcd, services
 from qmailhost.checks import ERROR, FOREIGN, OK, SKIPPED, STRANGER, tls_context
 from qmailhost.component import Component, Listener, Needs, Setting
 from qmailhost.facts import STATE_DIR
-from qmailhost.files import render
+from qmailhost.files import read, render
 from qmailhost.platform import Platform
-from qmailhost.settings import Settings, SettingsError, port, whole_number
+from qmailhost.settings import FQDN, Settings, SettingsError, mapping, port, whole_number
 from tasks import accounts, checkpassword, mess822, spamdyke
 
 USER = "ofmipd"
@@ -50,35 +52,45 @@ class Mode:
     def spamdyke_config(self, platform: Platform) -> str:
         return f"{platform.config_dir}/spamdyke-ofmipd.conf"
 
-    def wrapper(self, platform: Platform) -> str:
-        """What runs ofmipd (spamdyke, doing AUTH), or nothing."""
+    def wrapper(self, platform: Platform, settings: Settings) -> str:
+        """What runs ofmipd: spamdyke (doing AUTH; its config ends the session at session_seconds),
+        or, for the AUTH-patched ofmipd, ``timeout`` (the whole session) with the sender check
+        as its qmail-queue (QMAILQUEUE)."""
         if self.name == "spamdyke":
             return f"{spamdyke.program(platform)} -f {self.spamdyke_config(platform)}"
+        if self.name == "ofmipd":
+            return f"env QMAILQUEUE={sender_check(platform)['program']} timeout {settings.session_seconds}"
         return ""
 
     def ofmipd(self, platform: Platform) -> str:
         return mess822.ofmipd(platform, with_auth=self.name != "spamdyke")
 
     def ofmipd_args(self, platform: Platform, settings: Settings) -> str:
-        """The AUTH-patched ofmipd's arguments: '' HOSTNAME CHECKPASSWORD TRUE (none when spamdyke does AUTH)."""
+        """The AUTH-patched ofmipd's arguments: '' HOSTNAME and the login (none when spamdyke does AUTH)."""
         if self.name == "spamdyke":
             return ""
-        return f"'' {settings.hostname} {checkpassword.program(platform)} {accounts.gate(platform)}"
+        return f"'' {settings.hostname} {accounts.login_command(platform, checkpassword.program(platform))}"
 
     def program(self, platform: Platform, settings: Settings) -> str:
-        parts = (self.wrapper(platform), self.ofmipd(platform), self.ofmipd_args(platform, settings))
+        parts = (self.wrapper(platform, settings), self.ofmipd(platform), self.ofmipd_args(platform, settings))
         return " ".join(part for part in parts if part)
 
     def upstream_port(self, settings: Settings) -> int:
         """Where stunnel sends submissions."""
         return self.listener_port or settings.ofmipd_port
 
-    def files(self, platform: Platform) -> dict[str, str]:
-        """The files this mode needs: path -> content."""
+    def files(self, platform: Platform, settings: Settings) -> dict[str, tuple[str, str]]:
+        """The files this mode needs: path -> (content, mode)."""
         if self.name == "spamdyke":
-            return {self.spamdyke_config(platform): render(
-                "submission/spamdyke-ofmipd.conf.j2", checkpassword=checkpassword.program(platform),
-                control_dir=platform.control_dir, gate=accounts.gate(platform))}
+            return {self.spamdyke_config(platform): (render(
+                "submission/spamdyke-ofmipd.conf.j2", control_dir=platform.control_dir,
+                login=accounts.login_command(platform, checkpassword.program(platform)),
+                session_seconds=settings.session_seconds), "644")}
+        if self.name == "ofmipd":
+            paths = sender_check(platform)
+            program = f"#!{platform.python}\n" + read("submission/senders.py")
+            return {paths["program"]: (program, "755"),
+                    paths["table"]: (sender_table(platform, settings), "644")}
         return {}
 
 
@@ -89,6 +101,37 @@ MODES = {
                  listener_port=8025, packages=("tmda",), keeps_tmda=True,
                  platforms=("netbsd",)),  # TMDA needs Python 2, which Debian no longer ships
 }
+
+
+def sender_check(platform: Platform) -> dict[str, str]:
+    """The sender check (files/submission/senders.py) the AUTH-patched ofmipd queues through, and its table."""
+    return {"program": f"{platform.config_dir}/submission-queue", "table": f"{platform.config_dir}/senders.json"}
+
+
+def senders(settings: Settings) -> dict[str, dict[str, list[str]]]:
+    """account -> what it may send as: "addresses" (exact), "extensions" (ADDRESS whose
+    local part NAME may be followed by -anything), "domains" (every address there)."""
+    local = list(dict.fromkeys([settings.hostname, *settings.domains]))
+    table = {}
+    for account in settings.accounts:
+        name = account.name
+        aliases = [alias for alias, target in settings.aliases.items() if target == name]
+        extra = settings.extra_senders.get(name, ())
+        table[name] = {
+            "addresses": sorted({f"{local_part}@{domain}" for local_part in (name, *aliases) for domain in local}
+                                | {entry for entry in extra if not entry.startswith("@")}),
+            "extensions": sorted(f"{name}@{domain}" for domain in local),
+            "domains": sorted({domain for domain, prefix in settings.virtualdomains.items()
+                               if prefix == name or prefix.startswith(f"{name}-")}
+                              | {entry[1:] for entry in extra if entry.startswith("@")}),
+        }
+    return table
+
+
+def sender_table(platform: Platform, settings: Settings) -> str:
+    return json.dumps({"queue": f"{platform.qmail_bin}/qmail-queue", "databytes": settings.databytes,
+                       "max_recipients": settings.submission_max_recipients,
+                       "accounts": senders(settings)}, indent=1, sort_keys=True) + "\n"
 
 
 def mode_of(settings: Settings) -> Mode:
@@ -117,13 +160,13 @@ def user(platform: Platform) -> None:
 @deploy("submission")
 def configure(platform: Platform, settings: Settings, mode: Mode) -> None:
     cdb = tcprules.rules(platform, "ofmip", render("submission/ofmip.rules.j2", port=settings.ofmipd_port))
-    wanted = mode.files(platform)
+    wanted = mode.files(platform, settings)
     for other in MODES.values():
-        for path in other.files(platform):
+        for path in other.files(platform, settings):
             if path not in wanted:
                 ops.absent_file(name=f"Remove {path} (mode {other.name})", path=path)
-    for path, content in wanted.items():
-        ops.whole_file(name=f"Write {path}", dest=path, content=content)
+    for path, (content, file_mode) in wanted.items():
+        ops.whole_file(name=f"Write {path}", dest=path, content=content, mode=file_mode)
     services.declare(platform, _listener(platform, settings, mode, cdb))
     ops.whole_file(name="Record the submission mode", dest=MODE_FILE, content=mode.name + "\n")
 
@@ -147,7 +190,7 @@ def _listener(platform: Platform, settings: Settings, mode: Mode, cdb: str) -> s
                            DATALIMIT),
             ("precheckpassword", ""),
             ("checkpassword", ""),
-            ("preofmipd", mode.wrapper(platform)),
+            ("preofmipd", mode.wrapper(platform, settings)),
             ("ofmipdcmd", mode.ofmipd(platform)),
             ("postofmipd", mode.ofmipd_args(platform, settings)),
             *rcd.logging("ofmipd"),
@@ -163,6 +206,28 @@ def _mode(value, _values=None) -> str:
     if value not in MODES:
         raise SettingsError("submission", f"unknown mode {value!r}", f"use one of: {', '.join(MODES)}")
     return value
+
+
+_ADDRESS = re.compile(r"[a-z0-9][a-z0-9._+=-]{0,63}@" + FQDN.pattern.strip("^$"))
+
+
+def _extra_senders(value, values: dict) -> dict[str, tuple[str, ...]]:
+    names = {account.name for account in values["accounts"]}
+    granted = {}
+    for account, entries in mapping("extra_senders", value).items():
+        if account not in names:
+            raise SettingsError("extra_senders", f"{account!r} is not an account",
+                                f"use one of: {', '.join(sorted(names)) or '(add an account)'}")
+        if not isinstance(entries, list | tuple):
+            raise SettingsError("extra_senders", f"{account}: {entries!r} is not a list",
+                                "write it as [\"alice@club.example\", \"@alice.example\"]")
+        for entry in entries:
+            text = str(entry)
+            if not (_ADDRESS.fullmatch(text) or (text.startswith("@") and FQDN.fullmatch(text[1:]))):
+                raise SettingsError("extra_senders", f"{account}: {text!r} is neither an address nor @domain",
+                                    "use lower-case entries like \"alice@club.example\" or \"@alice.example\"")
+        granted[account] = tuple(str(entry) for entry in entries)
+    return granted
 
 
 def _no_clash_with_tmda(settings: Settings) -> None:
@@ -269,6 +334,11 @@ COMPONENT = Component(
         Setting("ofmipd_port", 26, port("ofmipd_port"), "ofmipd, on 127.0.0.1 only", port=True),
         Setting("submission_connections", 20, whole_number("submission_connections", 1, 1000),
                 "tcpserver's connection limit for ofmipd"),
+        Setting("extra_senders", {}, _extra_senders,
+                "what an account may send as beyond its own addresses, extensions, aliases and virtual domains: "
+                "`{\"alice\": [\"alice@club.example\", \"@alice.example\"]}` (ofmipd mode)"),
+        Setting("submission_max_recipients", 100, whole_number("submission_max_recipients", 1, 10_000),
+                "the most recipients one submitted message may have (ofmipd mode)"),
     ),
     validate=_no_clash_with_tmda,
     needs=lambda _platform, settings: Needs(packages=mode_of(settings).packages),

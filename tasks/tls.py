@@ -5,7 +5,7 @@ The pair (``tls``) is from the laptop (``files``: the key transferred as a secre
 diffed or printed), self-signed on the host once (``self-signed``: kept across runs, made
 again only when the host name changes or it nears expiry), or issued by an ACME CA
 (``acme``: tasks/acme.py puts it here). The key is 640 root:qmailtls: stunnel reads it as root
-(and as nobody:qmailtls on a reload), spamdyke as qmaild with the group qmailtls
+(and as stunnel4:qmailtls on a reload), spamdyke as qmaild with the group qmailtls
 (tasks/smtpd.py), nobody else. It never leaves the host, except into a backup: a pair made on the
 host is carried by backups and put back by a restore, which then reloads every reader of
 the pair (``reader_commands``: each component's ``pair_readers``). The policy (``tls_policy``,

@@ -12,6 +12,14 @@ logs in, raw TLS sockets from the laptop's side of the veth for what no client s
 - H1: a 10 MB message on port 25 (a 7 MB attachment) is delivered, not 451 forever.
 - M1: Authentication-Results forged in the host's name, however spelt, never reach the
   Maildir, and an envelope sender cannot add results to the host's own header.
+- H3 (the brake): failed logins are counted per session, per address and per account across
+  587, 465 and 993; past the limit a right password is refused too, except from an address
+  the account is known at.
+- M3: a logged-in account sends only as itself (its address, extensions, aliases, its virtual
+  domain, what extra_senders allows), in the envelope and in From:, within the size and
+  recipient caps.
+- M6: one address cannot hold more than its share of connections, and a session that
+  dribbles commands ends after session_seconds, on 25 and on submission.
 (The inbound filter's CPU bounds, H2, are shown in tests/test_attacks_inbound.py.)
 """
 
@@ -39,13 +47,20 @@ SYSTEM_USER = "backupd"  # a system account (useradd -r: uid below 1000) that is
 ENDLESS_LIMIT = 256 * 1024 * 1024  # the most the endless-line attack sends
 CHUNK = 1024 * 1024
 VIRTUAL = "lists.sandbox.test"  # a virtual domain delivered to alice-<local part>
+EXTRA_SENDER = "alice@elsewhere.example"  # extra_senders allows alice this foreign address
+SESSION_SECONDS = 40  # the module's host's whole-session limit: room for four failed logins (the
+# AUTH patch answers each after sleep(5))
+PER_ADDRESS = 10  # connections one address may hold on each SMTP port (connections_per_address)
+MAX_RECIPIENTS = 5  # what one submission may address (submission_max_recipients)
 
 
 @pytest.fixture(scope="module")
 def target(sandbox_ready, sources):
     host = sandbox.create(f"t{os.getpid()}-attacks")
     try:
-        pyinfra(host, data={"virtualdomains": {VIRTUAL: USER}})
+        pyinfra(host, data={"virtualdomains": {VIRTUAL: USER}, "extra_senders": {USER: [EXTRA_SENDER]},
+                            "session_seconds": SESSION_SECONDS, "connections_per_address": PER_ADDRESS,
+                            "submission_max_recipients": MAX_RECIPIENTS})
         others = {"root": secrets.token_urlsafe(12), SYSTEM_USER: secrets.token_urlsafe(12)}
         host.ssh(f"useradd -r -M -s /usr/sbin/nologin {SYSTEM_USER} && "
                  f"printf '%s\\n' 'root:{others['root']}' '{SYSTEM_USER}:{others[SYSTEM_USER]}' | chpasswd")
@@ -194,3 +209,192 @@ def test_forged_results_in_the_hosts_name_never_reach_the_maildir(target):
     assert len(results) == 1 and results[0].startswith(f"Authentication-Results: {me};"), results
     assert "bank.example" not in head
     assert "header.d=paypal.com" not in results[0].replace('"a@evil.example;dkim=pass(c)header.d=paypal.com"', "")
+
+
+# --- H3: the brake on password guessing ---------------------------------------------------------
+
+
+class _ImapFrom(imaplib.IMAP4_SSL):
+    """imaplib's IMAP4_SSL, connecting from SOURCE (an address on the laptop's side)."""
+
+    def __init__(self, source: str, *args, **kwargs):
+        self.source = source
+        super().__init__(*args, **kwargs)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def _imap_login_from(host, source: str, user: str, secret: str) -> bool:
+    """True when the login from SOURCE is accepted."""
+    with _ImapFrom(source, host.address, 993, ssl_context=tls_context(), timeout=60) as client:
+        try:
+            client.login(user, secret)
+        except imaplib.IMAP4.error:
+            return False
+        return True
+
+
+def _auth_code(client: smtplib.SMTP, user: str, secret: str) -> int:
+    """One AUTH PLAIN in an open session, as a client set to PLAIN sends it."""
+    client.user, client.password = user, secret
+    try:
+        code, _ = client.auth("PLAIN", client.auth_plain, initial_response_ok=True)
+    except smtplib.SMTPAuthenticationError as error:
+        code = error.smtp_code
+    return code
+
+
+def _submission(host, source: str | None = None) -> smtplib.SMTP:
+    client = smtplib.SMTP(host.address, 587, timeout=60, source_address=(source, 0) if source else None)
+    client.ehlo("laptop.test")
+    client.starttls(context=tls_context())
+    client.ehlo("laptop.test")
+    return client
+
+
+def test_password_guessing_is_braked(target):
+    from concurrent.futures import ThreadPoolExecutor
+
+    host, _ = target
+    stranger = host.client_address(1)  # a second address on the laptop's side: a stranger's
+    assert _imap_login_from(host, host.gateway, USER, password())  # the laptop: an address alice is known at
+    # Per session (587: behind stunnel every client is 127.0.0.1): three wrong, then the right one is refused.
+    with _submission(host) as client:
+        codes = [_auth_code(client, USER, f"guess-{n}") for n in range(3)]
+        assert codes == [535, 535, 535], codes
+        assert _auth_code(client, USER, password()) == 535, "a fourth try in the same session was checked"
+    with _submission(host) as client:
+        assert _auth_code(client, USER, password()) == 235  # a new session logs in
+    # Per address and per account: ten wrong from the stranger's address, at once.
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda n: _imap_login_from(host, stranger, USER, f"guess-{n}"), range(10)))
+    assert not any(results)
+    assert not _imap_login_from(host, stranger, USER, password()), "the stranger's address was not held"
+    with _submission(host) as client:
+        assert _auth_code(client, USER, password()) == 535, "the account was not held on 587"
+    with smtplib.SMTP_SSL(host.address, 465, timeout=60, context=tls_context()) as client:
+        client.ehlo("laptop.test")
+        assert _auth_code(client, USER, password()) == 535, "the account was not held on 465"
+    # Its owner, from where the account is known, still logs in (and the account's count starts again).
+    assert _imap_login_from(host, host.gateway, USER, password()), "the brake locked the owner out"
+    with _submission(host) as client:
+        assert _auth_code(client, USER, password()) == 235
+    assert "login-brake: refused 'alice'" in host.ssh("cat /var/lib/qmailhost/login-brake/log").stdout
+
+
+# --- M3: a logged-in account sends as itself ----------------------------------------------------
+
+
+def _send_as(host, envelope: str, header_from: str, recipients: list[str] | None = None,
+             body: bytes = b"hello\r\n") -> tuple[int, str]:
+    """Alice, logged in on 587, sends with ENVELOPE and From: HEADER_FROM: the final reply."""
+    subject = f"as {envelope} {secrets.token_hex(4)}"
+    recipients = recipients or [f"{USER}@{DOMAIN}"]
+    raw = (f"From: {header_from}\r\nTo: {recipients[0]}\r\nSubject: {subject}\r\n\r\n").encode() + body
+    with _submission(host) as client:
+        client.login(USER, password())
+        try:
+            client.sendmail(envelope, recipients, raw)
+        except smtplib.SMTPDataError as error:
+            return error.smtp_code, subject
+        except smtplib.SMTPRecipientsRefused as error:
+            return next(iter(error.recipients.values()))[0], subject
+        except smtplib.SMTPSenderRefused as error:
+            return error.smtp_code, subject
+    return 250, subject
+
+
+def test_a_logged_in_account_sends_only_as_itself(target):
+    host, _ = target
+    own = [f"{USER}@{DOMAIN}", f"{USER}-lists@{DOMAIN}", f"postmaster@{DOMAIN}", f"news@{VIRTUAL}", EXTRA_SENDER,
+           f"{USER.upper()}@{DOMAIN.upper()}"]
+    for address in own:
+        code, subject = _send_as(host, address, f"Alice <{address}>")
+        assert code == 250, f"{address}: {code}"
+    wait_for_delivery(host, USER, subject)
+    foreign = [("ceo@example.com", "ceo@example.com"), (f"bob@{DOMAIN}", f"bob@{DOMAIN}"),
+               (f"{USER}@{DOMAIN}", "The CEO <ceo@example.com>"), (f"{USER}@{DOMAIN}", f"Bob <bob@{DOMAIN}>"),
+               (f"{USER}@{DOMAIN}", f"{USER}@{DOMAIN}, ceo@example.com"),
+               (f"{USER}@evil.example", f"{USER}@{DOMAIN}")]
+    for envelope, header_from in foreign:
+        code, subject = _send_as(host, envelope, header_from)
+        assert code == 554, f"MAIL FROM {envelope}, From: {header_from}: {code}"
+    time.sleep(3)
+    assert "ceo@example.com" not in host.ssh(f"cat /home/{USER}/Maildir/new/* /var/qmail/queue/mess/*/* "
+                                             "2>/dev/null | grep -a '^From:'; true").stdout
+
+
+def test_submission_caps_size_and_recipients(target):
+    host, _ = target
+    address = f"{USER}@{DOMAIN}"
+    code, _ = _send_as(host, address, address, recipients=[f"{USER}-{n}@{DOMAIN}" for n in range(MAX_RECIPIENTS + 1)])
+    assert 500 <= code < 600, f"{MAX_RECIPIENTS + 1} recipients: {code}"
+    code, _ = _send_as(host, address, address, recipients=[f"{USER}-{n}@{DOMAIN}" for n in range(MAX_RECIPIENTS)])
+    assert code == 250
+    databytes = int(host.ssh("cat /var/qmail/control/databytes").stdout)
+    line = b"x" * 998 + b"\r\n"
+    code, _ = _send_as(host, address, address, body=line * 2048)  # 2 MB: far over a pipe's buffer, under databytes
+    assert code == 250, f"a 2 MB message got {code}"
+    # qmail counts the message as queued, in LF lines: 999 bytes a line
+    code, _ = _send_as(host, address, address, body=line * (databytes // (len(line) - 1) + 10))
+    assert 500 <= code < 600, f"a message over databytes ({databytes}) got {code}"
+
+
+# --- M6: nobody holds the host ------------------------------------------------------------------
+
+
+def _greeted(host, port: int, source: str) -> socket.socket | None:
+    """A connection from SOURCE that got a greeting, or None (refused, reset or silent)."""
+    try:
+        sock = socket.create_connection((host.address, port), timeout=15, source_address=(source, 0))
+        if port == 465:
+            sock = tls_context().wrap_socket(sock, server_hostname=host.address)
+        if not sock.recv(512).startswith(b"220"):
+            sock.close()
+            return None
+        return sock
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("port", [25, 587])
+def test_one_address_cannot_fill_the_host(target, port):
+    host, _ = target
+    held = [_greeted(host, port, host.gateway) for _ in range(PER_ADDRESS)]
+    try:
+        assert all(held), "an address could not open its share of connections"
+        extra = _greeted(host, port, host.gateway)
+        assert extra is None, f"one address held {PER_ADDRESS + 1} connections on {port}"
+        other = _greeted(host, port, host.client_address(2))
+        assert other is not None, "another address was shut out too"
+        other.close()
+    finally:
+        for sock in held:
+            if sock:
+                sock.close()
+
+
+@pytest.mark.parametrize("port", [25, 587])
+def test_a_dribbling_session_ends_in_time(target, port):
+    host, _ = target
+    source = host.client_address(3)
+    if port == 587:
+        client = _submission(host, source)  # past STARTTLS, not logged in: ofmipd's 1200 s per command apply
+    else:
+        client = smtplib.SMTP(host.address, port, timeout=30, source_address=(source, 0))
+        client.ehlo("peer.example.net")
+    started, closed_after = time.monotonic(), None
+    try:
+        while time.monotonic() - started < SESSION_SECONDS + 30:
+            try:
+                client.noop()  # never idle: only a whole-session limit ends it
+            except (OSError, smtplib.SMTPException):
+                closed_after = time.monotonic() - started
+                break
+            time.sleep(2)
+    finally:
+        client.close()
+    assert closed_after is not None, f"a session on {port} lasted over {SESSION_SECONDS + 30} s"
+    assert closed_after >= SESSION_SECONDS - 2, f"ended after {closed_after:.0f} s: not the session limit"

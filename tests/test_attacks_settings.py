@@ -134,6 +134,10 @@ LOW = [
     ("submission_port", 80, "port 80"),
     ("dns_forwarders", ["2001:db8::53"], "IPv6"),
     ("virtualdomains", {"example.com": "alice", "example.org": "alice"}, "local domain"),
+    ("virtualdomains", {"example.com": "list"}, "no mail account"),  # Debian's own user "list" would get it
+    ("virtualdomains", {"example.com": "alicex-lists"}, "no mail account"),
+    ("extra_senders", {"mallory": ["@example.com"]}, "not an account"),
+    ("extra_senders", {"alice": ["ceo@example.com\n"]}, "neither an address"),
     ("sources", {"spamdyke": {"url": "http://example.org/spamdyke-5.0.1.tgz;reboot"}}, "url"),
 ]
 

@@ -33,7 +33,11 @@ _spec = importlib.util.spec_from_file_location("authres", file_path("dkim/authre
 authres = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(authres)
 DOMAIN, SELECTOR = "example.org", "mail"
-MESSAGE = (b"From: Alice <alice@example.org>\nTo: bob@peer.example.net\nSubject: caf\xc3\xa9 test\n"
+# As qmail-send hands a submitted message to qmail-remote: qmail-queue's Received (ofmipd runs as
+# a uid of its own), ofmipd's, then what the client wrote.
+SUBMITTED = (b"Received: (qmail 4242 invoked by uid 998); 7 Dec 2026 07:00:00 -0000\n"
+             b"Received: (ofmipd alice@127.0.0.1); 7 Dec 2026 07:00:00 -0000\n")
+MESSAGE = SUBMITTED + (b"From: Alice <alice@example.org>\nTo: bob@peer.example.net\nSubject: caf\xc3\xa9 test\n"
            b"Date: Wed, 02 Dec 2026 12:00:00 +0000\nMessage-ID: <1@example.org>\n\n"
            b"line one\n.a line starting with a dot\n" + b"x" * 990 + b"\n8-bit: gr\xc3\xbc\xc3\x9fe\n")
 
@@ -90,6 +94,28 @@ def test_mail_from_a_signing_domain_leaves_signed_twice_and_both_signatures_veri
     assert verifier.verify(idx=0, dnsfunc=_dns_of(public)) and verifier.verify(idx=1, dnsfunc=_dns_of(public))
     # and in the form it travels in: CRLF lines, as the peer receives them
     assert dkim.verify(sent.replace(b"\n", b"\r\n"), dnsfunc=_dns_of(public))
+
+
+ARRIVED = b"Received: (qmail 77 invoked from network); 7 Dec 2026 07:00:00 -0000\n"
+FORWARDED_BY_ALIAS = b"Received: (qmail 78 invoked by alias); 7 Dec 2026 07:00:00 -0000\n"
+FORWARDED_BY_USER = (b"Received: (qmail 79 invoked by uid 1001); 7 Dec 2026 07:00:00 -0000\n"
+                     b"Delivered-To: alice@example.org\n")
+MADE_HERE = b"Received: (qmail 80 invoked by uid 0); 7 Dec 2026 07:00:00 -0000\n"
+
+
+@pytest.mark.parametrize("origin, signs", [(ARRIVED, False), (FORWARDED_BY_ALIAS, False), (FORWARDED_BY_USER, False),
+                                           (b"", False), (MADE_HERE, True)],
+                         ids=["port 25", "alias forward", "user forward", "no queue line", "made here"])
+def test_only_mail_submitted_or_made_here_is_signed(installed, origin, signs):
+    """Mail from port 25 (a stranger naming alice@ as sender) and mail forwarded from here keep
+    what they came with: the host signs what its accounts submitted and what was made on it."""
+    tmp, signer, _, _ = installed
+    message = origin + MESSAGE[len(SUBMITTED):]
+    result = _send(signer, f"alice@{DOMAIN}", message)
+    assert result.stdout == b"rdelivered\0Kdone\0", result
+    sent = (tmp / "sent").read_bytes()
+    assert (b"DKIM-Signature:" in sent) is signs
+    assert sent.endswith(message)
 
 
 def test_a_changed_body_no_longer_verifies(installed):

@@ -145,7 +145,7 @@ def test_a_bare_host_installs_certbot_and_writes_the_hook_and_renewal_script(bar
     install = commands[0]
     assert install.startswith("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install ")
     # pkgsrc's certbot beside the other components' packages (in component order: tasks/)
-    assert install.split()[4:] == ["py313-certbot", "checkpassword", "py313-dkim", "py313-spf", "dovecot",
+    assert install.split()[4:] == ["python313", "py313-certbot", "checkpassword", "py313-dkim", "py313-spf", "dovecot",
                                    "qmail-run", "ucspi-tcp", "unbound", "stunnel"]
     assert f"mkdir -p {MINE}" in commands and f"chown root:wheel {MINE} && chmod 700 {MINE}" in commands
     for script in (HOOK, RENEW):  # root's only, written whole, before the order runs the hook

@@ -115,10 +115,10 @@ def public(value: str) -> str:
 def test_the_netbsd_paths_are_pkgsrcs_dkimpy_and_pyspf():
     # mail/py-dkim: PKGNAME ${PYPKGPREFIX}-${DISTNAME:S/py//} (dkimpy-1.1.8: py313-dkim), PLIST bin/dknewkey
     # (PYTHON_SELF_CONFLICT=yes: no -3.13 suffix); mail/py-spf: py313-spf; lang/python313: bin/python3.13.
-    assert dkim.PATHS["netbsd"] == dkim.Paths(PYTHON, DKNEWKEY, ("py313-dkim", "py313-spf"))
+    assert dkim.PATHS["netbsd"] == dkim.Paths(DKNEWKEY, ("py313-dkim", "py313-spf")) and NETBSD.python == PYTHON
     paths = dkim.PATHS["netbsd"]  # the model host's are the same (what its dknewkey insists on)
-    assert (paths.python, paths.dknewkey, paths.packages) == (netbsd_host.PYTHON, netbsd_host.DKNEWKEY,
-                                                              netbsd_host.DKIM_PACKAGES)
+    assert (NETBSD.python, paths.dknewkey, paths.packages) == (netbsd_host.PYTHON, netbsd_host.DKNEWKEY,
+                                                               netbsd_host.DKIM_PACKAGES)
     assert dkim.files(NETBSD) == {"signer": SIGNER, "table": TABLE, "filter": FILTER, "inbound": INBOUND}
     assert dkim.key_dir(NETBSD) == KEYS == netbsd_host.DKIM_KEYS
 
@@ -131,7 +131,7 @@ def test_a_bare_host_installs_the_packages_and_makes_one_key(bare):
     commands = commands_of(plan)
     install = commands[0]
     assert install.startswith("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install ")
-    assert install.split()[5:7] == ["py313-dkim", "py313-spf"]  # after checkpassword: in component order
+    assert install.split()[6:8] == ["py313-dkim", "py313-spf"]  # after python313 and checkpassword: in component order
     assert key_commands(plan) == [key_command("example.org", "mail")]
     assert [name for name, c in plan if key_command("example.org", "mail") in c] == [
         "Make the DKIM rsa key mail for example.org"]
@@ -316,7 +316,7 @@ def test_authentication_results_off_removes_qmailqueue_and_the_filter(converged)
 def test_both_off_installs_neither_package():
     plan = plan_deploy(deploy_data(**HERMETIC, dkim=False, authentication_results=False), NetBSDHost().answer)
     commands = commands_of(plan)
-    assert commands[0].split()[4:] == ["checkpassword", "dovecot", "qmail-run", "ucspi-tcp", "unbound", "stunnel"]
+    assert commands[0].split()[4:] == ["python313", "checkpassword", "dovecot", "qmail-run", "ucspi-tcp", "unbound", "stunnel"]
     assert not [c for c in commands if MINE in c]
     assert "QMAILREMOTE" not in uploaded(plan, "/etc/rc.conf.d/qmailsend")
     assert "QMAILQUEUE" not in uploaded(plan, "/etc/rc.conf.d/qmailsmtpd")

@@ -113,7 +113,7 @@ def test_bare_host_in_ofmipd_mode(bare_plan):
     assert_netbsd_only(plan)
     # spamdyke is not a binary package: pkgsrc builds it with tls (tests/test_netbsd_tls_plans.py).
     assert commands[0] == ("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install "
-                           "checkpassword py313-dkim py313-spf dovecot qmail-run ucspi-tcp unbound stunnel")
+                           "python313 checkpassword py313-dkim py313-spf dovecot qmail-run ucspi-tcp unbound stunnel")
     # Each option is in /etc/mk.conf before its package is built, and the build cleans up after itself.
     for package, option in (("mess822", "sasl"), ("spamdyke", "tls")):
         assert index(commands, f"PKG_OPTIONS.{package}+=\t{option}") \
@@ -152,9 +152,9 @@ qmailofmipd_tcprules="/var/qmail/control/tcprules/ofmip"
 qmailofmipd_autocdb="NO"
 qmailofmipd_precheckpassword=""
 qmailofmipd_checkpassword=""
-qmailofmipd_preofmipd=""
+qmailofmipd_preofmipd="env QMAILQUEUE=/usr/pkg/etc/qmailhost/submission-queue timeout 900"
 qmailofmipd_ofmipdcmd="/usr/pkg/bin/ofmipd"
-qmailofmipd_postofmipd="'' mail.example.org /usr/pkg/bin/checkpassword /usr/pkg/etc/qmailhost/only-mail-accounts"
+qmailofmipd_postofmipd="'' mail.example.org /usr/pkg/etc/qmailhost/login-brake checkpassword /usr/pkg/bin/checkpassword /usr/pkg/etc/qmailhost/only-mail-accounts"
 qmailofmipd_log="YES"
 qmailofmipd_logcmd="logger -t nbqmail/ofmipd -p mail.info"
 qmailofmipd_tls="NO"
@@ -203,7 +203,7 @@ stunnel_flags="/usr/pkg/etc/stunnel/stunnel.conf"
     assert "sendmail\t/usr/pkg/bin/sendmail\n" in uploaded(plan, "/etc/mailer.conf")
     password = next(c[1] for _, commands in plan for c in commands
                     if isinstance(c, list) and c[2] == "/root/.qmailhost-chpasswd-alice")
-    assert password.startswith("alice:$sha1$24680$") and "correct horse" not in str(plan)
+    assert password.startswith("alice:$sha1$500000$") and "correct horse" not in str(plan)
 
 
 def test_converged_host_plans_nothing(bare_plan):
@@ -218,6 +218,8 @@ def test_switch_to_spamdyke_changes_only_the_submission_service():
     plan = plan_deploy(deploy_data(submission="spamdyke"), host.answer)
     assert_netbsd_only(plan)
     assert [name for name, _ in plan] == [
+        "Remove /usr/pkg/etc/qmailhost/submission-queue (mode ofmipd)",
+        "Remove /usr/pkg/etc/qmailhost/senders.json (mode ofmipd)",
         "Write /usr/pkg/etc/qmailhost/spamdyke-ofmipd.conf",
         "Configure qmailofmipd (/etc/rc.conf.d/qmailofmipd)",
         "Run qmailofmipd (restart on change)",
@@ -228,13 +230,15 @@ def test_switch_to_spamdyke_changes_only_the_submission_service():
     rc_conf = uploaded(plan, "/etc/rc.conf.d/qmailofmipd")
     assert 'qmailofmipd_preofmipd="/usr/pkg/bin/spamdyke -f /usr/pkg/etc/qmailhost/spamdyke-ofmipd.conf"\n' in rc_conf
     assert 'qmailofmipd_postofmipd=""\n' in rc_conf
-    assert "smtp-auth-command=/usr/pkg/bin/checkpassword /usr/pkg/etc/qmailhost/only-mail-accounts\n" in uploaded(
-        plan, "/usr/pkg/etc/qmailhost/spamdyke-ofmipd.conf")
+    assert ("smtp-auth-command=/usr/pkg/etc/qmailhost/login-brake checkpassword /usr/pkg/bin/checkpassword "
+            "/usr/pkg/etc/qmailhost/only-mail-accounts\n") in uploaded(plan, "/usr/pkg/etc/qmailhost/spamdyke-ofmipd.conf")
     host.apply(plan)
     assert plan_deploy(deploy_data(submission="spamdyke"), host.answer) == []
     back = plan_deploy(deploy_data(submission="ofmipd"), host.answer)
     assert [name for name, _ in back] == [
         "Remove /usr/pkg/etc/qmailhost/spamdyke-ofmipd.conf (mode spamdyke)",
+        "Write /usr/pkg/etc/qmailhost/submission-queue",
+        "Write /usr/pkg/etc/qmailhost/senders.json",
         "Configure qmailofmipd (/etc/rc.conf.d/qmailofmipd)",
         "Run qmailofmipd (restart on change)",
         "Record the submission mode",

@@ -3,7 +3,8 @@
 Installed as the host's signer with the platform's python3 on its first line. qmail-rspawn
 runs it as qmailr with qmail-remote's arguments (HOST SENDER RECIPIENT...) and the message
 on stdin. When the sender's domain is one the host signs for (the signing table beside
-this file, written by the deploy), it signs the message with every key of that domain
+this file, written by the deploy) and the message was submitted or made on this host
+(``made_here``), it signs the message with every key of that domain
 (RSA, and ed25519 when asked for), then hands the signed message to the real qmail-remote,
 unchanged otherwise. Nothing unsigned leaves for a signing domain: any failure (a key
 missing or unreadable, a signature that did not come out) prints qmail-remote's temporary
@@ -14,6 +15,7 @@ Standard library and python3-dkim (dkimpy) only: it runs on the host, apart from
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 
@@ -36,6 +38,21 @@ def read_table(path: str = TABLE) -> tuple[str, dict[str, list[tuple[str, str, s
     if remote is None:
         raise ValueError(f"{path} names no qmail-remote")
     return remote, keys
+
+
+# qmail-queue's own first line (qmail-queue.c): who ran it. "from network" is qmail-smtpd (port 25),
+# "by alias" a forward through ~alias; a forward through an account's .qmail comes "by uid" with
+# qmail-local's Delivered-To right below. Only what is left was submitted (ofmipd) or made here.
+QUEUED = re.compile(rb"Received: \(qmail \d+ invoked (by uid \d+|for bounce|by alias|from network)\); ")
+
+
+def made_here(message: bytes) -> bool:
+    """MESSAGE was submitted by an account or made on this host, not received or forwarded."""
+    first, _, rest = message.partition(b"\n")
+    queued = QUEUED.match(first)
+    if queued is None or queued.group(1) in (b"by alias", b"from network"):
+        return False
+    return rest[:len(b"delivered-to:")].lower() != b"delivered-to:"
 
 
 def signed(message: bytes, domain: str, keys: list[tuple[str, str, str]]) -> bytes:
@@ -71,7 +88,7 @@ def main(argv: list[str]) -> None:
         message = sys.stdin.buffer.read()
         sender = argv[2] if len(argv) > 2 else ""
         domain = sender.rpartition("@")[2].lower() if "@" in sender else ""
-        if domain in table:
+        if domain in table and made_here(message):
             message = signed(message, domain, table[domain])
         with tempfile.TemporaryFile() as spool:
             spool.write(message)
