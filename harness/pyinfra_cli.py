@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +69,19 @@ def pyinfra(host: sandbox.Host, *args: str, deploy: str = "deploy.py", data: dic
     confirm = [] if "--dry" in args else ["-y"]  # -y would skip the change detection a dry run reports
     argv = [PYINFRA, *confirm, *(["--json"] if json_output else []), *args, "inventory/sandbox.py", deploy]
     environ = {**os.environ, "QMAILHOST_SANDBOX_HOST": host.name, **(env or {})}
-    environ["QMAILHOST_SANDBOX_DATA"] = json.dumps(data or {})
+    environ["QMAILHOST_SANDBOX_DATA"] = json.dumps({"backup_dir": own_backup_dir(host), **(data or {})})
     result = subprocess.run(argv, cwd=project, env=environ, capture_output=True, text=True, timeout=timeout)
     run = Run(result.returncode, result.stdout, result.stderr, argv)
     if check and result.returncode != 0:
         raise AssertionError(f"pyinfra exited {result.returncode}:\n{run.output[-4000:]}")
     return run
+
+
+def own_backup_dir(host: sandbox.Host) -> str:
+    """Where a test's host keeps its backups unless the test says (backup_dir): a directory of
+    that host alone, never the laptop's ~/qmailhost-backups/<hostname>, where a backup of the
+    built-in host (also mail.sandbox.test) would hold back every test host's DKIM key."""
+    return str(Path(tempfile.gettempdir()) / "qmailhost-test-backups" / f"{host.name}-{host.created:.0f}")
 
 
 def predicted_and_real(host: sandbox.Host, data: dict) -> tuple[list[str], list[str], set[str]]:

@@ -33,7 +33,7 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 
 from qmailhost import ops, recovery
-from qmailhost.checks import ERROR, OK, SKIPPED, WARNING
+from qmailhost.checks import ERROR, OK, SKIPPED
 from qmailhost.component import BackupPart, Component, DnsRecord, Needs, Probe, Setting
 from qmailhost.facts import host_state
 from qmailhost.files import read
@@ -260,7 +260,8 @@ def check_dkim_keys(target):
     if problems:
         return ERROR, "; ".join(problems + waiting) + " (mail from those domains waits in the queue)"
     if waiting:
-        return WARNING, f"not yet restored: {'; '.join(waiting)}; mail from those domains waits until restore.py"
+        return ERROR, (f"not yet restored: {'; '.join(waiting)}; mail from those domains waits in the queue: "
+                       "run restore.py now (pyinfra inventory/<site>.py restore.py)")
     return OK, f"{len(keys)} key{'s' if len(keys) != 1 else ''} for {', '.join(target.settings.domains)}, " \
                f"readable by {SIGNER_USER} alone"
 

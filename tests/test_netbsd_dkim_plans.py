@@ -21,11 +21,12 @@ from pyinfra.api import FunctionCommand
 from harness import netbsd_host
 from harness.netbsd_host import NetBSDHost, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, uploaded
+from qmailhost import checks, recovery
 from qmailhost import platform as platforms
-from qmailhost import recovery
 from qmailhost.files import read
 from qmailhost.settings import Settings
 from tasks import dkim
+from tests.test_netbsd_checks import CheckedHost
 from tests.test_netbsd_recovery_plans import BACKUP, RESTORE, execute
 from tests.test_netbsd_recovery_plans import plan as recovery_plan
 
@@ -325,19 +326,26 @@ def test_both_off_installs_neither_package():
 # --- after a disk failure: the backup's key, not a new one
 
 
-def test_a_bare_host_whose_newest_backup_holds_the_key_makes_none(converged, tmp_path, caplog):
+def test_a_bare_host_whose_newest_backup_holds_the_key_makes_none(converged, tmp_path, caplog, monkeypatch):
     settings = {"backup_dir": str(tmp_path / "backups")}
     old = converged.copy()
     execute(old, recovery_plan(old, BACKUP, deploy_data(**settings)))
     _, records = recovery.read_manifest(recovery.backups_in(tmp_path / "backups")[-1])
     assert f"{KEYS}/example.org/mail.key" in {r.path for r in records}
-    new = NetBSDHost()
+    new = CheckedHost()  # the model host, answering the status checks too
+    new.sent, new.blocklist_answers = [], {}
     plan = plan_deploy(deploy_data(**settings), new.answer)
     assert key_commands(plan) == [], "DNS publishes the backup's key: restore.py puts it back"
     assert uploaded(plan, TABLE) == table(("example.org", "mail", "rsa"))  # it signs once the key is back
     assert "restore.py" in caplog.text and "DKIM key mail of example.org" in caplog.text
     new.apply(plan)
     assert new.keys_made == [] and new.key_files() == {}
+    # Held back for the restore while its mail waits: an error naming the next step, not a warning.
+    monkeypatch.setenv(netbsd_host.PASSWORD_ENV, "correct horse")
+    target = checks.Target(Settings.from_host_data(deploy_data(**settings), inventory_name="mail.example.org"),
+                           NETBSD, "model.invalid", shell=new.shell)
+    status, reason = dkim.check_dkim_keys(target)
+    assert status == checks.ERROR and "not yet restored" in reason and "run restore.py now" in reason, reason
     # restore.py: the backup's key is back, qmailr's alone; the next deploy makes none
     execute(new, recovery_plan(new, RESTORE, deploy_data(**settings)))
     assert new.key_files() == old.key_files()
