@@ -133,3 +133,13 @@ def test_the_owners_good_login_starts_the_accounts_count_again(tmp_path):
     assert "account alice" in at(tmp_path, 2).holding("alice", "127.0.0.1", "40000")  # submission: held
     at(tmp_path, 3).passed("alice", OWNER)  # the owner reads mail from home
     assert at(tmp_path, 4).holding("alice", "127.0.0.1", "40001") is None
+
+
+def test_a_known_place_is_not_shut_by_its_own_address_count(tmp_path):
+    """Failures at the owner's address (a client there with an old password) hold that address
+    for every other account, never for the account that is known there."""
+    at(tmp_path, 0).passed("alice", OWNER)
+    for n in range(brake.LIMITS["address"]):
+        at(tmp_path, 1).failed(f"user{n}", OWNER)
+    assert at(tmp_path, 2).holding("alice", OWNER) is None
+    assert "address 198.51.100.7" in at(tmp_path, 2).holding("bob", OWNER)

@@ -141,7 +141,9 @@ def test_modern_policy_refuses_tls_1_2_everywhere_and_rolls_back(tlshost):
 
 def test_465_is_a_setting_off_and_on_again(tlshost):
     planned, changed, restarted = predicted_and_real(tlshost, {"submissions_port": None})
-    assert planned == changed == sorted(["Write stunnel's config", "Restart stunnel"])
+    assert planned == changed == sorted(["Write stunnel's config", "Restart stunnel",  # and the caps follow 465
+                                         "Load the per-address connection caps",
+                                         "Write the per-address connection caps (nftables)"])
     assert restarted == {"stunnel"}
     assert "[submissions]" not in tlshost.ssh("cat /etc/qmailhost/stunnel.conf").stdout
     with pytest.raises(OSError):

@@ -13,9 +13,10 @@ Failed logins are counted per client address, per account, and, for SMTP behind 
 (where every client comes from 127.0.0.1), per session. Past a limit within WINDOW the next
 tries are refused without their password being checked, even a right one, until the oldest
 failure ages out; a refused try is not counted, so the brake lets go on its own. An address
-an account logged in from lately (FAMILIAR) is not held back by that account's brake: a
-stranger can slow a password down, not lock its owner out of their mail where the owner is
-known, and the owner's next good login there starts the account's count again (so a held
+an account logged in from lately (FAMILIAR) is held back for that account by neither the
+account's count nor the address's: a stranger can slow a password down, not lock its owner
+out of their mail where the owner is known (nor can a misconfigured client at the same
+address), and the owner's next good login there starts the account's count again (so a held
 account lets go as soon as its owner reads mail from home). Standard library only; state in
 STATE (one small file per key, under one lock).
 """
@@ -105,7 +106,7 @@ class Brake:
         """Why this login is refused unchecked ("account alice: 10 failures ..."), or None."""
         familiar = any(self.now - moment < FAMILIAR for moment in _times(self.state, f"familiar {account} {address}"))
         for kind, key in self.keys(account, address, session).items():
-            if kind == "account" and familiar:
+            if familiar and kind != "session":  # the account's own known place: neither its count nor the address's
                 continue
             failures = self.recent(key)
             if len(failures) >= self.limits[kind]:
