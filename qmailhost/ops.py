@@ -4,7 +4,7 @@
   replaced atomically (written beside, then renamed), so a run cut off halfway
   never leaves half a file.
 - ``secret_file``: the same for keys and other secrets, but never diffed or printed:
-  only the SHA256 prefixes of the old and new content are shown.
+  not even a digest of the content is shown.
 - ``stamped``: commands that run only when their stamp (a digest of their inputs)
   differs from the one the host recorded after the last successful run: builds,
   cdb compiles, restarts. The stamp is written last, so an interrupted step reruns.
@@ -123,18 +123,18 @@ def whole_file(dest: str, content: str, mode: str = "644", user: str = "root", g
 
 @operation()
 def secret_file(dest: str, data: bytes, mode: str = "600", user: str = "root", group: str | None = None):
-    """Manage DEST as DATA without ever showing it: only SHA256 prefixes are printed."""
+    """Manage DEST as DATA without ever showing it, nor any digest of it (a password's digest
+    is a way to test guesses at it)."""
     group = group or root_group()
     current = managed_file(dest)
     new = _sha256(data)
     if current and current["sha256"] == new:
         if (current["mode"], current["user"], current["group"]) == (mode.lstrip("0") or "0", user, group):
-            host.noop(f"{dest} is up to date (sha256 {new[:8]}…)")
+            host.noop(f"{dest} is up to date")
             return
         yield f"chown {user}:{group} {shlex.quote(dest)} && chmod {mode} {shlex.quote(dest)}"
         return
-    old = f"sha256 {current['sha256'][:8]}…" if current else "absent"
-    host.log(f"Will replace secret {dest} ({old} → sha256 {new[:8]}…)", logger.info)
+    host.log(f"Will {'replace' if current else 'write'} secret {dest} (its content is never shown)", logger.info)
     yield from _install_commands(dest, data, mode, user, group)
 
 
