@@ -2,7 +2,7 @@
 
 - Connections per address: an nftables table of its own (``qmailhost_limits``) caps the
   connections one address holds at once on the SMTP ports (25, 465, 587:
-  ``connections_per_address``) and on the IMAP ports (993, 143:
+  ``connections_per_address``) and on the IMAP and POP3 ports (993, 143, and 995 when on:
   ``imap_connections_per_address``); past the cap its next connection is reset, while other
   addresses still get in. tcpserver's own limit (``smtp_connections``) is for everyone at
   once; this is the one that stops a single address filling it. Behind stunnel every
@@ -51,9 +51,10 @@ class PortGroup:
 def port_groups(settings: Settings) -> tuple[PortGroup, ...]:
     smtp = (settings.smtp_port, settings.submission_port,
             *([settings.submissions_port] if settings.submissions_port else []))
-    imap = (settings.imaps_port, *([settings.imap_port] if settings.imap_port else []))
+    imap = (settings.imaps_port, *([settings.imap_port] if settings.imap_port else []),
+            *([settings.pop3s_port] if settings.pop3s_port else []))
     return (PortGroup("smtp", "SMTP (mail from the Internet, submission)", smtp, settings.connections_per_address),
-            PortGroup("imap", "IMAP", imap, settings.imap_connections_per_address))
+            PortGroup("imap", "IMAP (and POP3)", imap, settings.imap_connections_per_address))
 
 
 def rules(settings: Settings) -> str:
@@ -105,8 +106,8 @@ COMPONENT = Component(
         Setting("connections_per_address", 10, whole_number("connections_per_address", 1, 1000),
                 "connections one client address may hold at once on each of 25, 465 and 587 (nftables; Debian)"),
         Setting("imap_connections_per_address", 20, whole_number("imap_connections_per_address", 1, 1000),
-                "connections one client address may hold at once on each of 993 and 143 (a phone and a laptop "
-                "behind one router each keep several)"),
+                "connections one client address may hold at once on each of 993, 143 and 995 (a phone and a "
+                "laptop behind one router each keep several)"),
         Setting("session_seconds", 900, whole_number("session_seconds", 10, 86_400),
                 "the longest an SMTP session may last, idle or not, on 25 and on submission"),
     ),

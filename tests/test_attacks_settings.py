@@ -108,13 +108,13 @@ def test_a_trailing_newline_is_refused_naming_the_setting(tmp_path, path, where)
 
 
 def test_an_unknown_key_is_named_in_one_warning(tmp_path, caplog):
-    data = {**valid(tmp_path), "backup_repository": "sftp:nas:/backups", "colour": "blue",
+    data = {**valid(tmp_path), "offsite_copy": "sftp:nas:/backups", "colour": "blue",
             "ssh_user": "root", "_sudo": True, "fake_delay": 0}
     with caplog.at_level(logging.WARNING):
         Settings.from_host_data(data, inventory_name="mail.example.org")
     warnings = [r.getMessage() for r in caplog.records if "not settings" in r.getMessage()]
     assert len(warnings) == 1, warnings
-    assert "backup_repository" in warnings[0] and "colour" in warnings[0]
+    assert "offsite_copy" in warnings[0] and "colour" in warnings[0]
     assert "ssh_user" not in warnings[0] and "_sudo" not in warnings[0] and "fake_delay" not in warnings[0]
 
 
