@@ -22,6 +22,7 @@ from qmailhost.settings import Settings
 from tasks import (
     accounts,
     acme,
+    backup,
     checkpassword,
     dkim,
     imap,
@@ -80,6 +81,7 @@ submission.configure(platform, settings, mode)
 stunnel.configure(platform, settings, tls_pair, mode)
 imap.configure(platform, settings, tls_pair)
 acme.renewal(platform, settings)
+backup.configure(platform, settings)  # restic on a schedule (daemontools loop; cron on NetBSD), retired when unset
 services.settle(platform)
 
 # Status checks from outside, once the last operation has run (verify_after_deploy=false skips them)

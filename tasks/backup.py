@@ -1,0 +1,316 @@
+"""Backups on the host, on a schedule: restic, to ``backup_repository``, without the laptop.
+
+- ``backup_repository`` turns it on: a restic repository string (``sftp:user@host:/path``,
+  ``rest:https://...``, ``s3:...``, ``b2:...`` or an absolute path on another disk).
+  ``backup_password_file`` (on the laptop, mode 600) is the repository's password: uploaded
+  as a secret (root's, mode 600), never shown, not even as a digest. ``backup_every`` says
+  how often (a duration: ``30m``, ``6h``, ``24h``, ``2d``), ``backup_keep`` how many daily,
+  weekly and monthly snapshots retention keeps.
+- The host's own files, in a root-only directory ({config_dir}/backup, mode 700): the
+  password, an ``env`` file (RESTIC_REPOSITORY, RESTIC_PASSWORD_FILE, RESTIC_CACHE_DIR) and
+  the ``backup`` script. The script makes the repository when it has none (``restic cat
+  config`` fails: ``restic init``), backs up what the components declare (their BackupParts,
+  qmailhost/recovery/parts.py, expanded by the host's shell) and the accounts' password
+  hashes, without any Maildir's ``tmp/`` (a message is never half in a snapshot), tagged
+  ``qmailhost``; then forgets and prunes by ``backup_keep``, except against a rest: server
+  (append-only servers refuse deletion, and ``restic forget`` exits 0 having deleted
+  nothing: that is never counted as retention); once a day ``restic check`` reads 5% of the
+  data. A lock (a directory) keeps two runs apart. The outcome goes to
+  /var/lib/qmailhost/backup-status: ``ok<TAB>time<TAB>snapshot`` or
+  ``failed<TAB>time<TAB>reason``; restic's output of the last run to backup-last.log.
+- Schedule: a supervised loop under daemontools (Debian) that runs the script when due (no
+  snapshot within ``backup_every``; after a failure, again after min(backup_every, 1 h)) and
+  sleeps a bounded interval, so a restart does not back up each time; on NetBSD, root's
+  crontab runs the same every few minutes. Unset ``backup_repository`` retires both and
+  removes the password and env files; the repository itself is never touched.
+- The status check ``backup_age``: an error when the last run failed (with restic's reason),
+  when the newest snapshot is older than 7 days, or when none was made within the first
+  interval; a warning past twice ``backup_every``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyinfra.api import deploy
+from pyinfra.operations import server
+
+from qmailhost import ops
+from qmailhost.backends import services
+from qmailhost.checks import ERROR, OK, SKIPPED, WARNING, one_line
+from qmailhost.component import Component, Needs, Setting
+from qmailhost.files import render
+from qmailhost.platform import Platform
+from qmailhost.recovery.backup import hashes_script
+from qmailhost.recovery.parts import backup_parts, part_paths, shell_word
+from qmailhost.settings import Settings, SettingsError
+
+SERVICE = "qmailhost-backup"
+CRON_NAME = "qmailhost: back up with restic"  # how pyinfra finds the crontab line again
+TAG = "qmailhost"  # every snapshot's tag
+STATE_DIR = "/var/lib/qmailhost"
+POLL = 5 * 60  # at most this long between two looks at whether a backup is due (seconds)
+RETRY = 3600  # after a failed run, the next try waits min(backup_every, RETRY)
+CHECK_EVERY = 86400  # restic check --read-data-subset=5% at most once in this many seconds
+ERROR_AGE = 7 * 86400  # a newest snapshot older than this is an error
+DEFAULT_KEEP = {"daily": 7, "weekly": 4, "monthly": 12}
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+_REPOSITORY = re.compile(r"(sftp:[^:/\s][^\s]*:\S*|sftp://\S+|rest:https?://\S+|s3:\S+|b2:\S+|/\S*)")
+
+
+@dataclass(frozen=True)
+class Paths:
+    restic: str
+    packages: tuple[str, ...]
+    cache_dir: str  # RESTIC_CACHE_DIR
+    run_by: str  # "service": a supervised loop; "cron": the base system's cron
+
+
+PATHS = {
+    "debian": Paths("/usr/bin/restic", ("restic",), "/var/cache/qmailhost/restic", run_by="service"),
+    # pkgsrc sysutils/restic: bin/restic; NetBSD's hier(7) has no /var/cache, /var/db is for such state
+    "netbsd": Paths("/usr/pkg/bin/restic", ("restic",), "/var/db/qmailhost/restic-cache", run_by="cron"),
+}
+
+
+def own_dir(platform: Platform) -> str:
+    """qmailhost's backup files, root's alone: the password, the env file, the script."""
+    return f"{platform.config_dir}/backup"
+
+
+def files(platform: Platform) -> dict[str, str]:
+    mine = own_dir(platform)
+    return {"password": f"{mine}/password", "env": f"{mine}/env", "script": f"{mine}/backup",
+            "status": f"{STATE_DIR}/backup-status", "last_ok": f"{STATE_DIR}/backup-last-ok"}
+
+
+def packages(platform: Platform, settings: Settings) -> tuple[str, ...]:
+    return PATHS[platform.name].packages if settings.backup_repository else ()
+
+
+def poll_interval(settings: Settings) -> int:
+    return min(settings.backup_every, POLL)
+
+
+def retention_applies(repository: str) -> bool:
+    """Can the host delete snapshots there? Not through a rest: server (append-only refuses, and
+    `restic forget` still exits 0): retention runs on the repository's own machine then."""
+    return not repository.startswith("rest:")
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def _repository(value, _values=None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.isprintable() or not _REPOSITORY.fullmatch(value):
+        raise SettingsError("backup_repository", f"{value!r} is not a restic repository",
+                            "set it to sftp:user@host:/path, rest:https://host/path, s3:..., b2:... or an "
+                            "absolute path (one word), or null to back up nothing")
+    return value
+
+
+def _password_file(value, values: dict) -> Path | None:
+    if value is None:
+        if values.get("backup_repository"):
+            raise SettingsError("backup_password_file", "backup_repository is set but no password file is",
+                                "set backup_password_file to a file on this laptop (mode 600) holding the "
+                                "repository's password")
+        return None
+    if not isinstance(value, str | os.PathLike) or not str(value).isprintable():
+        raise SettingsError("backup_password_file", f"{value!r} is not a path", "name a file on this laptop")
+    path = Path(os.path.expanduser(str(value)))
+    try:
+        found = path.stat()
+        data = path.read_bytes() if stat.S_ISREG(found.st_mode) else None
+    except OSError as error:
+        raise SettingsError("backup_password_file", f"{path} cannot be read ({error.strerror})",
+                            "create it (mode 600) with the repository's password") from None
+    if data is None:
+        raise SettingsError("backup_password_file", f"{path} is not a file", "name a file holding the password")
+    if found.st_mode & 0o077:
+        raise SettingsError("backup_password_file", f"{path} is readable by others (mode "
+                            f"{stat.S_IMODE(found.st_mode):o})", f"chmod 600 {path}")
+    if not data.strip():
+        raise SettingsError("backup_password_file", f"{path} is empty", "write the repository's password into it")
+    return path
+
+
+def _every(value, _values=None) -> int:
+    match = re.fullmatch(r"([1-9][0-9]{0,5})([mhd])", value) if isinstance(value, str) else None
+    seconds = int(match[1]) * _UNITS[match[2]] if match else 0
+    if not 60 <= seconds <= ERROR_AGE:
+        raise SettingsError("backup_every", f"{value!r} is not a duration from 1m to 7d",
+                            "write it as minutes, hours or days: 30m, 6h, 24h, 2d")
+    return seconds
+
+
+def _keep(value, _values=None) -> dict[str, int]:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise SettingsError("backup_keep", f"must be a mapping, not {type(value).__name__}",
+                            'write it as {"daily": 7, "weekly": 4, "monthly": 12}')
+    unknown = sorted(str(key) for key in value if key not in DEFAULT_KEEP)
+    if unknown:
+        raise SettingsError("backup_keep", f"{', '.join(map(repr, unknown))} is not daily, weekly or monthly",
+                            "keep only those keys")
+    keep = {**DEFAULT_KEEP, **value}
+    for key, number in keep.items():
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= 100_000:
+            raise SettingsError("backup_keep", f"{key} is {number!r}, not a whole number from 0",
+                                f"set {key} to how many {key} snapshots to keep")
+    if not any(keep.values()):
+        raise SettingsError("backup_keep", "keeps nothing (every count is 0)",
+                            "keep at least one daily, weekly or monthly snapshot")
+    return keep
+
+
+# --- the deploy ----------------------------------------------------------------------------------
+
+
+def env_file(platform: Platform, settings: Settings) -> str:
+    """What the script reads: restic's repository, password file and cache, exported."""
+    mine = files(platform)
+    return "".join(f"{name}={shlex.quote(value)}; export {name}\n" for name, value in (
+        ("RESTIC_REPOSITORY", settings.backup_repository), ("RESTIC_PASSWORD_FILE", mine["password"]),
+        ("RESTIC_CACHE_DIR", PATHS[platform.name].cache_dir)))
+
+
+def backup_words(platform: Platform, settings: Settings) -> list[str]:
+    """What is backed up, as words for the host's shell: every component's BackupPart (this
+    module's own part is nothing)."""
+    return [shell_word(path) for path in part_paths(backup_parts(platform), settings, platform)]
+
+
+def script(platform: Platform, settings: Settings) -> str:
+    mine, paths = files(platform), PATHS[platform.name]
+    forget = [f"--keep-{key} {number}" for key, number in settings.backup_keep.items() if number]
+    return render("backup/backup.sh.j2", dir=own_dir(platform), mine=mine, state_dir=STATE_DIR,
+                  restic=paths.restic, every=settings.backup_every, retry=min(settings.backup_every, RETRY),
+                  check_every=CHECK_EVERY, tag=TAG, words=" ".join(backup_words(platform, settings)),
+                  hashes=hashes_script([a.name for a in settings.accounts], platform.shell),
+                  forget=" ".join(forget) if retention_applies(settings.backup_repository) else None)
+
+
+@deploy("backup")
+def configure(platform: Platform, settings: Settings) -> None:
+    """With backup_repository, restic's files on the host and its schedule; without, the
+    schedule retired and the secret files removed (the repository is never touched)."""
+    mine = files(platform)
+    if not settings.backup_repository:
+        _schedule(platform, settings, on=False)
+        for name in ("password", "env", "script"):
+            ops.absent_file(name=f"Remove the backup {name} file (backup_repository is unset)", path=mine[name])
+        return
+    ops.directory(name="Create qmailhost's backup directory (root's alone)", path=own_dir(platform), user="root",
+                  group=platform.root_group, mode="700")
+    ops.secret_file(name="Install the backup repository's password", dest=mine["password"],
+           data=settings.backup_password_file.read_bytes(), group=platform.root_group)
+    # The repository string may hold a rest server's user and password: a secret too.
+    ops.secret_file(name="Write restic's environment (repository, password file, cache)", dest=mine["env"],
+           data=env_file(platform, settings).encode(), group=platform.root_group)
+    ops.whole_file(name="Write the backup script", dest=mine["script"], mode="700",
+                   content=script(platform, settings))
+    _schedule(platform, settings, on=True)
+
+
+def _schedule(platform: Platform, settings: Settings, on: bool) -> None:
+    mine = files(platform)
+    if PATHS[platform.name].run_by == "cron":
+        minutes = poll_interval(settings) // 60
+        # Its output goes nowhere (cron would mail it every few minutes): the outcome is in the
+        # status file the backup_age check reads, restic's output in backup-last.log.
+        server.crontab(name=f"Back up with restic when due (cron, every {minutes} min)" if on
+                       else "Stop backing up with restic (cron)", command=f"{mine['script']} --if-due >/dev/null 2>&1",
+                       cron_name=CRON_NAME, minute=f"*/{minutes}", user="root", present=on)
+        return
+    if on:
+        services.declare(platform, services.Service(
+            name=SERVICE, description="backs up with restic when due",
+            run=render("backup/backup.run.j2", script=mine["script"], interval=poll_interval(settings)),
+            rcd=services.Rcd(SERVICE.replace("-", ""))))
+    else:
+        services.backend(platform).retire(platform, SERVICE, "backup_repository is unset")
+
+
+# --- status check --------------------------------------------------------------------------------
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+
+
+def _field(output: str, name: str) -> str:
+    found = re.search(rf"^{name}\t(.*)$", output, re.MULTILINE)
+    return found.group(1).strip() if found else ""
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def check_backup_age(target):
+    """With backup_repository, the host's last backup ran well and its newest snapshot is recent."""
+    settings = target.settings
+    if not settings.backup_repository:
+        return SKIPPED, "backup_repository is not set"
+    mine = files(target.platform)
+    # (each read as one whole line: a file without its final newline must not swallow the next)
+    output = target.run(f"printf 'status\\t%s\\n' \"$(cat {mine['status']} 2>/dev/null)\"; "
+                        f"printf 'last_ok\\t%s\\n' \"$(cat {mine['last_ok']} 2>/dev/null)\"; "
+                        f"printf 'since\\t'; find {mine['env']} {target.platform.shell.find_mtimes} 2>/dev/null "
+                        "| head -1; echo; printf 'now\\t%s\\n' \"$(date -u +%s)\"")
+    status = _field(output, "status").split("\t")
+    now, last_ok, since = (_number(_field(output, name)) for name in ("now", "last_ok", "since"))
+    every = settings.backup_every
+    if now is None:
+        return ERROR, "the host's clock could not be read"
+    newest = f"; the newest snapshot is {_age(now - last_ok)} old" if last_ok else "; no snapshot yet"
+    if status[0] == "failed":
+        why = one_line(status[2] if len(status) > 2 else "no reason recorded")
+        return ERROR, f"the backup at {status[1] if len(status) > 1 else '?'} failed: {why}{newest}"
+    if not last_ok or status[0] != "ok":
+        waited = now - since if since else 0
+        if waited > every + poll_interval(settings):
+            return ERROR, (f"no backup yet, {_age(waited)} after the deploy set it up (every {_age(every)}): "
+                           f"see {STATE_DIR}/backup-last.log on the host")
+        return OK, f"no snapshot yet: the first backup is due within {_age(every + poll_interval(settings) - waited)}"
+    age = now - last_ok
+    snapshot = status[2][:8] if len(status) > 2 else "?"
+    if age > ERROR_AGE:
+        return ERROR, f"the newest snapshot ({snapshot}) is {_age(age)} old, more than 7 days"
+    if age > 2 * every:
+        return WARNING, f"the newest snapshot ({snapshot}) is {_age(age)} old, more than twice backup_every"
+    return OK, f"snapshot {snapshot}, {_age(age)} old"
+
+
+COMPONENT = Component(
+    name="backup",
+    needs=lambda platform, settings: Needs(packages=packages(platform, settings)),
+    settings=(
+        Setting("backup_repository", None, _repository,
+                "restic backs up on the host, on a schedule, to this repository: `sftp:user@host:/path`, "
+                "`rest:https://...`, `s3:...`, `b2:...` or an absolute path; unset: no scheduled backups"),
+        Setting("backup_password_file", None, _password_file,
+                "a file on the laptop (mode 600): the repository's password; required with backup_repository"),
+        Setting("backup_every", "24h", _every, "how often the host backs up: a duration from `1m` to `7d`"),
+        Setting("backup_keep", dict(DEFAULT_KEEP), _keep,
+                "retention: how many `daily`, `weekly`, `monthly` snapshots to keep (not through rest:)"),
+    ),
+    checks=(check_backup_age,),
+)
