@@ -13,6 +13,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -143,3 +144,19 @@ def test_a_known_place_is_not_shut_by_its_own_address_count(tmp_path):
         at(tmp_path, 1).failed(f"user{n}", OWNER)
     assert at(tmp_path, 2).holding("alice", OWNER) is None
     assert "address 198.51.100.7" in at(tmp_path, 2).holding("bob", OWNER)
+
+
+def test_records_of_guessed_names_do_not_pile_up(tmp_path):
+    """A stranger picks the account names a failure counts under: their records go once they
+    no longer count, and what still counts stays."""
+    brake.Brake(state=str(tmp_path)).failed("guessed-1", STRANGER)
+    old = time.time() - brake.WINDOW - 60
+    for record in tmp_path.iterdir():
+        if not record.name.startswith("."):
+            os.utime(record, (old, old))
+    brake.Brake(state=str(tmp_path)).passed("alice", OWNER)
+    brake.Brake(state=str(tmp_path)).failed("guessed-2", STRANGER)
+    names = {record.name.split("-", 1)[0] for record in tmp_path.iterdir() if not record.name.startswith(".")}
+    assert names == {"address", "account", "familiar"}
+    assert len([r for r in tmp_path.iterdir() if r.name.startswith("account-")]) == 1  # guessed-1's is gone
+    assert len(brake.Brake(state=str(tmp_path)).recent("address " + STRANGER)) == 1

@@ -39,8 +39,26 @@ LIMITS = {"address": 10, "account": 10, "session": 3}  # failures within WINDOW 
 LOGIN_MAX = 1024  # checkpassword's fd 3: name, password, timestamp (each NUL-ended)
 
 
+# kind of record -> how long it matters
+KINDS = {"address": WINDOW, "account": WINDOW, "session": WINDOW, "familiar": FAMILIAR}
+
+
 def _path(state: str, key: str) -> str:
-    return os.path.join(state, hashlib.sha256(key.encode(errors="replace")).hexdigest()[:40])
+    kind = key.split(" ", 1)[0]
+    return os.path.join(state, f"{kind}-{hashlib.sha256(key.encode(errors='replace')).hexdigest()[:40]}")
+
+
+def _sweep(state: str, now: float) -> None:
+    """Remove the records that no longer count. A stranger picks the account names and the
+    addresses a failure is counted under: without this, each guess would leave a file for good."""
+    for name in os.listdir(state):
+        keep = KINDS.get(name.split("-", 1)[0])
+        if keep is None:
+            continue
+        path = os.path.join(state, name)
+        with contextlib.suppress(OSError):
+            if now - os.stat(path).st_mtime > keep:
+                os.unlink(path)
 
 
 def _times(state: str, key: str) -> list[float]:
@@ -116,6 +134,7 @@ class Brake:
         return None
 
     def failed(self, account: str, address: str, session: str = "") -> None:
+        _sweep(self.state, time.time())
         for key in self.keys(account, address, session).values():
             _write(self.state, key, [*self.recent(key), self.now][-64:])
 
