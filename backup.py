@@ -1,9 +1,14 @@
-"""qmailhost's backup: copy from the host what a rebuilt host needs and the inventory
-does not hold, into a dated directory on this laptop. Changes nothing on the host.
+"""qmailhost's backup, now.
 
     pyinfra inventory/<site>.py backup.py [--data backup_dir=... --data backup_queue=true]
 
-Carried: what the components' backup parts name (every account's Maildir, the
+With backup_repository (the host backs itself up with restic on a schedule: tasks/backup.py),
+one backup runs now, on the host, with the script its schedule runs, and the snapshot it
+saved is reported; nothing else on the host changes.
+
+Without it (the laptop format: run from the laptop, nothing on the host changes), what a
+rebuilt host needs and the inventory does not hold is copied into a dated directory on
+this laptop. Carried: what the components' backup parts name (every account's Maildir, the
 self-signed TLS pair, the TMDA archive if any), the password hashes, and with
 backup_queue the pending messages, listed and streamed with the platform's own tools
 (GNU find and tar on Debian; find, stat and pax on NetBSD). Unchanged messages are
@@ -17,10 +22,15 @@ from pyinfra.operations import python
 from qmailhost import recovery
 from qmailhost.platform import detect
 from qmailhost.settings import Settings
+from tasks import backup
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
-options = recovery.options(settings)
-remote = recovery.remote_for(host.data.dict(), host.name)
-plan = recovery.plan_backup(remote, settings, options, detect())
-
-python.call(name=f"Back up {settings.hostname} to {options.backup_root}", function=recovery.run_backup, plan=plan)
+platform = detect()
+if settings.backup_repository:
+    backup.now(platform, settings)
+else:
+    options = recovery.options(settings)
+    remote = recovery.remote_for(host.data.dict(), host.name)
+    plan = recovery.plan_backup(remote, settings, options, platform)
+    python.call(name=f"Back up {settings.hostname} to {options.backup_root}", function=recovery.run_backup,
+                plan=plan)

@@ -1,9 +1,12 @@
 """qmailhost's restore: put a backup back onto a (rebuilt, deployed) host.
 
     pyinfra inventory/<site>.py deploy.py     # first: a bare host becomes a mail host
-    pyinfra inventory/<site>.py restore.py [--data restore_from=~/qmailhost-backups/HOST/STAMP]
+    pyinfra inventory/<site>.py restore.py [--data restore_from=SNAPSHOT_ID or a backup directory]
 
-The backup (restore_from, else the newest of this host) is verified in full first: a
+The backup is the newest snapshot of this host in backup_repository (read with the
+laptop's restic and backup_password_file, written out privately for this run), or the
+one restore_from names: a snapshot ID, or a backup directory of the laptop format (older
+backups, or one taken without a repository). It is verified in full first: a
 damaged one is refused before the host is changed. So is a tampered one: nothing in a
 backup is trusted beyond the paths the components declare. Its modes are masked (no
 setuid, setgid or sticky bit), its owners and groups must be those a deploy makes, its
@@ -25,13 +28,26 @@ from qmailhost.settings import Settings
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
 options = recovery.options(settings)
-backup = recovery.open_backup(options, settings)
 platform = detect()
+
+
+def written_out_snapshot(wanted):
+    """The snapshot WANTED (an ID; None: the newest) written out as a backup directory, or None."""
+    repository = recovery.repository_for(settings, host.data.dict(), host.name)
+    snapshot = recovery.choose(repository, wanted)
+    if snapshot is None:
+        return None
+    host.log(f"Reading snapshot {snapshot.short_id} ({snapshot.time[:19]}Z) from {repository.name}")
+    return recovery.materialize(repository, snapshot, platform, recovery.private_directory("qmailhost-snapshot-"))
+
+
+backup = recovery.open_backup(options, settings, written_out_snapshot)
 remote = recovery.remote_for(host.data.dict(), host.name)
 view = recovery.look_at_host(remote, backup, platform, settings)
 recovery.require_deployed(view, backup, host.name)
 recovery.require_within_parts(backup, view, platform, settings)
-host.log(f"Restoring from {backup.directory} (every sha256 verified, every entry vetted)")
+source = (f"snapshot {backup.header['snapshot'][:8]}" if backup.header.get("snapshot") else backup.directory)
+host.log(f"Restoring from {source} (every sha256 verified, every entry vetted)")
 
 recovery.restore_files(name="Restore missing messages and files", remote=remote, backup=backup,
                        missing=recovery.missing_files(backup, view), shell=platform.shell)

@@ -24,6 +24,8 @@ from pyinfra.api.host import Host
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_config, ctx_host, ctx_state
 
+from qmailhost.recovery import snapshots
+
 PROJECT = Path(__file__).resolve().parent.parent
 DEPLOY = str(PROJECT / "deploy.py")
 
@@ -73,6 +75,15 @@ def _answering(answer: Answer):
         yield
 
 
+@contextmanager
+def _empty_repositories():
+    """The model host's backup_repository is a name in a test (sftp:bk@nas.example.org:...): no
+    restic on this laptop asks it (no traffic leaves); it holds no snapshot yet, as before a first
+    backup. Repositories with snapshots are tests/test_snapshots.py's (a real one, on this laptop)."""
+    with mock.patch.object(snapshots.Repository, "snapshots", lambda repository: []):
+        yield
+
+
 def plan_deploy(data: dict, answer: Answer, name: str = "mail.example.org",
                 deploy: str = DEPLOY, grouped: bool = False) -> list[tuple[str, list]]:
     """The change plan of DEPLOY (deploy.py; or backup.py, restore.py, ...) for one host with
@@ -86,7 +97,7 @@ def plan_deploy(data: dict, answer: Answer, name: str = "mail.example.org",
     host = inventory.get_host(f"@fake/{name}")
     plan = []
     with mock.patch.object(pyinfra, "is_cli", True), _answering(answer), ctx_state.use(state), \
-            ctx_config.use(state.config.copy()), ctx_host.use(host):
+            ctx_config.use(state.config.copy()), ctx_host.use(host), _empty_repositories():
         code = compile(Path(deploy).read_text(), deploy, "exec")
         exec(code, {"__file__": deploy})
         for op_hash in state.get_op_order():

@@ -407,6 +407,22 @@ def _destroy(host: Host) -> None:
     host.state_file().unlink(missing_ok=True)
 
 
+def freeze(host: Host, image: Path) -> Path:
+    """Shut HOST down and keep what its disk gained over the golden tree (its overlay's upper
+    layer) as IMAGE, a layer later hosts start from (create(..., lower=[IMAGE])) as if that
+    host had been switched off and its disk copied. HOST is gone afterwards."""
+    with locked():
+        _kill(host.namespace_pid, str(host.root))
+        _unmount(host.root)
+        partial = image.with_name(f"{image.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        image.parent.mkdir(parents=True, exist_ok=True)
+        (host.directory / "upper").rename(partial)  # one filesystem: CACHE_DIR holds both
+        partial.rename(image)
+        _destroy(host)
+    return image
+
+
 def _unmount(path: Path) -> None:
     for _ in range(50):
         if not os.path.ismount(path):

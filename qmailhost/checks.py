@@ -382,7 +382,7 @@ def _callback(settings: Settings, platform: Platform):
     """The python.call function: runs the checks at execution time; False fails the operation."""
 
     def check_mail_host(state, host) -> bool:
-        arguments = _connector_arguments(state, host)
+        arguments = connector_arguments(state, host)
 
         def shell(command: str) -> tuple[bool, str]:
             ok, output = host.run_shell_command(command, print_output=False, **arguments)
@@ -401,7 +401,7 @@ def _callback(settings: Settings, platform: Platform):
     return check_mail_host
 
 
-def _connector_arguments(state, host) -> dict:
+def connector_arguments(state, host) -> dict:
     """The connector arguments (sudo, su, ...) operations get, for the SSH commands."""
     arguments, _ = pop_global_arguments(state, host, {})
     return {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}

@@ -141,25 +141,25 @@ def _validate(settings: Settings) -> None:
 # --- the deploy ----------------------------------------------------------------------------------
 
 
-def _restorable(settings: Settings, platform: Platform) -> Path | None:
-    """The newest backup on this laptop when it holds this host's ACME lineage with a
-    certificate for the host's name that is still valid (restore.py serves it again), else None."""
-    newest = recovery.newest_backup(settings)
+def _restorable(settings: Settings, platform: Platform) -> str | None:
+    """The newest backup (a snapshot in backup_repository, else a backup directory on this
+    laptop) when it holds this host's ACME lineage with a certificate for the host's name that
+    is still valid (restore.py serves it again): its name, else None."""
+    newest = recovery.newest_holding(settings, platform)
     if newest is None:
         return None
-    directory, records = newest
-    by_path = {record.path: record for record in records}
+    by_path = {record.path: record for record in newest.records}
     renewal = f"{PATHS[platform.name].config_dir}/renewal/{LINEAGE}.conf"
     cert = by_path.get(tls.paths(platform)[0])
     if renewal not in by_path or cert is None:
         return None
-    stored = str(directory / cert.stored)
+    pem = newest.read(cert)
     # Two calls: openssl x509 stops after -checkend's answer and would never say whether the name matches.
-    valid = subprocess.run(["openssl", "x509", "-noout", "-checkend", "0", "-in", stored], capture_output=True)
-    named = subprocess.run(["openssl", "x509", "-noout", "-checkhost", settings.hostname, "-in", stored],
-                           capture_output=True, text=True)
-    ok = valid.returncode == 0 and named.returncode == 0 and "does match" in named.stdout
-    return directory if ok else None
+    valid = subprocess.run(["openssl", "x509", "-noout", "-checkend", "0"], input=pem, capture_output=True)
+    named = subprocess.run(["openssl", "x509", "-noout", "-checkhost", settings.hostname], input=pem,
+                           capture_output=True)
+    ok = valid.returncode == 0 and named.returncode == 0 and b"does match" in named.stdout
+    return newest.label if ok else None
 
 
 @deploy("acme")

@@ -37,27 +37,31 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyinfra import logger
 from pyinfra.api import deploy
-from pyinfra.operations import server
+from pyinfra.operations import python, server
 
 from qmailhost import ops
 from qmailhost.backends import services
-from qmailhost.checks import ERROR, OK, SKIPPED, WARNING, one_line
+from qmailhost.checks import ERROR, OK, SKIPPED, WARNING, connector_arguments, one_line
 from qmailhost.component import Component, Needs, Setting
 from qmailhost.files import render
 from qmailhost.platform import Platform
 from qmailhost.recovery.backup import hashes_script
 from qmailhost.recovery.parts import backup_parts, part_paths, shell_word
+from qmailhost.recovery.snapshots import TAG, absent, hashes_path, shown
 from qmailhost.settings import Settings, SettingsError
 
 SERVICE = "qmailhost-backup"
 CRON_NAME = "qmailhost: back up with restic"  # how pyinfra finds the crontab line again
-TAG = "qmailhost"  # every snapshot's tag
 STATE_DIR = "/var/lib/qmailhost"
 POLL = 5 * 60  # at most this long between two looks at whether a backup is due (seconds)
 RETRY = 3600  # after a failed run, the next try waits min(backup_every, RETRY)
 CHECK_EVERY = 86400  # restic check --read-data-subset=5% at most once in this many seconds
 ERROR_AGE = 7 * 86400  # a newest snapshot older than this is an error
+# The script's record of its runs, about one repository: a new one starts it afresh (a first
+# backup at once, no old outcome shown as the new repository's).
+RECORD = ("backup-status", "backup-last-ok", "backup-last-try", "backup-last-check")
 DEFAULT_KEEP = {"daily": 7, "weekly": 4, "monthly": 12}
 _UNITS = {"m": 60, "h": 3600, "d": 86400}
 _REPOSITORY = re.compile(r"(sftp:[^:/\s][^\s]*:\S*|sftp://\S+|rest:https?://\S+|s3:\S+|b2:\S+|/\S*)")
@@ -194,7 +198,8 @@ def script(platform: Platform, settings: Settings) -> str:
     forget = [f"--keep-{key} {number}" for key, number in settings.backup_keep.items() if number]
     return render("backup/backup.sh.j2", dir=own_dir(platform), mine=mine, state_dir=STATE_DIR,
                   restic=paths.restic, every=settings.backup_every, retry=min(settings.backup_every, RETRY),
-                  check_every=CHECK_EVERY, tag=TAG, words=" ".join(backup_words(platform, settings)),
+                  check_every=CHECK_EVERY, tag=TAG, hostname=shlex.quote(settings.hostname),
+                  words=" ".join(backup_words(platform, settings)), hashes_file=shlex.quote(hashes_path(platform)),
                   hashes=hashes_script([a.name for a in settings.accounts], platform.shell),
                   forget=" ".join(forget) if retention_applies(settings.backup_repository) else None)
 
@@ -214,11 +219,34 @@ def configure(platform: Platform, settings: Settings) -> None:
     ops.secret_file(name="Install the backup repository's password", dest=mine["password"],
            data=settings.backup_password_file.read_bytes(), group=platform.root_group)
     # The repository string may hold a rest server's user and password: a secret too.
+    environment = env_file(platform, settings).encode()
+    moved = ops.managed_file(mine["env"]) is not None and ops.differs(mine["env"], environment)
+    ops.decided(name="Start the backup record afresh (backup_repository changed)", needed=moved,
+                why_not="the repository is the one the backup record is about",
+                command="rm -f " + " ".join(f"{STATE_DIR}/{name}" for name in RECORD))
     ops.secret_file(name="Write restic's environment (repository, password file, cache)", dest=mine["env"],
-           data=env_file(platform, settings).encode(), group=platform.root_group)
+           data=environment, group=platform.root_group)
     ops.whole_file(name="Write the backup script", dest=mine["script"], mode="700",
                    content=script(platform, settings))
     _schedule(platform, settings, on=True)
+
+
+@deploy("backup now")
+def now(platform: Platform, settings: Settings) -> None:
+    """One backup now, on the host, with the script the schedule runs (backup.py); the
+    snapshot it saved is reported, or the run fails with the script's one-line reason."""
+    mine = files(platform)
+    server.shell(name=f"Back up now to {shown(settings.backup_repository)} (restic, on the host)",
+                 commands=[mine["script"]])
+    python.call(name="Report the snapshot", function=_report_snapshot, status=mine["status"])
+
+
+def _report_snapshot(state, host, status: str) -> None:
+    """(python.call passes STATE and HOST) The status file's snapshot, logged."""
+    ok, output = host.run_shell_command(f"cat {status}", print_output=False, **connector_arguments(state, host))
+    fields = output.stdout.strip().split("\t") if ok else []
+    if len(fields) > 2 and fields[0] == "ok":
+        logger.info(f"[{host.name}] snapshot {fields[2][:8]} saved at {fields[1]}")
 
 
 def _schedule(platform: Platform, settings: Settings, on: bool) -> None:
@@ -264,12 +292,40 @@ def _number(text: str) -> float | None:
         return None
 
 
+PROBE_SECONDS = 20  # restic retries an unreachable repository for minutes: the check waits this long
+
+
+def _repository_answers(target, mine: dict) -> tuple[str, str] | None:
+    """Does the repository open from the host with its password (restic cat config)? An error
+    naming the setting when not; None when it does, or does not exist yet (the first backup makes it)."""
+    restic = PATHS[target.platform.name].restic
+    output = target.run(f"[ -r {mine['env']} ] || {{ printf 'probe\\tnoenv\\n'; exit 0; }}; . {mine['env']}; "
+                        f"out=$(timeout {PROBE_SECONDS} {restic} cat config 2>&1 >/dev/null); rc=$?; "
+                        "printf 'probe\\t%s\\t%s\\n' \"$rc\" \"$(printf '%s\\n' \"$out\" | grep -m1 'Fatal:' || "
+                        "printf '%s\\n' \"$out\" | grep . | tail -1)\"")
+    fields = _field(output, "probe").split("\t", 1)
+    code, why = fields[0], one_line(fields[1] if len(fields) > 1 else "")
+    where = shown(target.settings.backup_repository)
+    if code == "noenv":
+        return ERROR, f"{mine['env']} cannot be read: deploy again"
+    if code in ("0", "10") or absent(why):
+        return None
+    if "wrong password" in why:
+        return ERROR, f"backup_password_file does not open {where} ({why}): put the repository's password in it"
+    if code == "124":
+        why = f"no answer within {PROBE_SECONDS} s"
+    return ERROR, f"backup_repository {where} cannot be opened from the host: {why or f'restic exited {code}'}"
+
+
 def check_backup_age(target):
     """With backup_repository, the host's last backup ran well and its newest snapshot is recent."""
     settings = target.settings
     if not settings.backup_repository:
         return SKIPPED, "backup_repository is not set"
     mine = files(target.platform)
+    reached = _repository_answers(target, mine)
+    if reached is not None:
+        return reached
     # (each read as one whole line: a file without its final newline must not swallow the next)
     output = target.run(f"printf 'status\\t%s\\n' \"$(cat {mine['status']} 2>/dev/null)\"; "
                         f"printf 'last_ok\\t%s\\n' \"$(cat {mine['last_ok']} 2>/dev/null)\"; "

@@ -143,13 +143,13 @@ def _retired(value, values: dict) -> tuple[str, ...]:
 # --- the deploy ------------------------------------------------------------------------------
 
 
-def _held_back(settings: Settings, platform: Platform) -> dict[str, object]:
-    """Key file -> the newest backup on this laptop that holds it (restore.py puts it back)."""
-    newest = recovery.newest_backup(settings)
+def _held_back(settings: Settings, platform: Platform) -> dict[str, str]:
+    """Key file -> the newest backup that holds it (restore.py puts it back): a snapshot in
+    backup_repository, else a backup directory on this laptop."""
+    newest = recovery.newest_holding(settings, platform)
     if newest is None:
         return {}
-    directory, records = newest
-    return {record.path: directory for record in records
+    return {record.path: newest.label for record in newest.records
             if record.kind == "file" and record.path.startswith(key_dir(platform) + "/")}
 
 

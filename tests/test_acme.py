@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from harness import acme, imap, sandbox
+from harness import acme, images, imap, sandbox
 from harness.mail import message
 from harness.pyinfra_cli import predicted_and_real, pyinfra
 
@@ -47,7 +47,7 @@ def ca(sandbox_ready, sources, tmp_path_factory):
     why = acme.available()
     if why:
         pytest.skip(why)
-    host = sandbox.create(f"t{os.getpid()}-acme")
+    host = images.create(f"t{os.getpid()}-acme")
     pebble = acme.Pebble(host.gateway, tmp_path_factory.mktemp("pebble"))
     try:
         pebble.start()
@@ -58,7 +58,7 @@ def ca(sandbox_ready, sources, tmp_path_factory):
                 "acme_ca_bundle": str(pebble.ca_file), "backup_dir": str(tmp_path_factory.mktemp("backups"))}
         started = time.monotonic()
         deploy = pyinfra(host, data=data)
-        _figure(f"bare deploy with an ACME certificate {time.monotonic() - started:.0f} s")
+        _figure(f"deploy with an ACME certificate over the deployed image {time.monotonic() - started:.0f} s")
         state = {"host": host, "pebble": pebble, "root": root, "data": data, "deploy": deploy}
         yield state
         host = state["host"]  # the drill rebuilds it

@@ -37,7 +37,7 @@ import time
 
 import pytest
 
-from harness import sandbox
+from harness import images, sandbox
 from harness.mail import message, submit, tls_context, wait_for_delivery
 from harness.pyinfra_cli import pyinfra
 
@@ -56,7 +56,7 @@ MAX_RECIPIENTS = 5  # what one submission may address (submission_max_recipients
 
 @pytest.fixture(scope="module")
 def target(sandbox_ready, sources):
-    host = sandbox.create(f"t{os.getpid()}-attacks")
+    host = images.create(f"t{os.getpid()}-attacks")
     try:
         pyinfra(host, data={"virtualdomains": {VIRTUAL: USER}, "extra_senders": {USER: [EXTRA_SENDER]},
                             "session_seconds": SESSION_SECONDS, "connections_per_address": PER_ADDRESS,

@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from harness import sandbox
+from harness import images, sandbox
 from harness.pyinfra_cli import pyinfra
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +41,7 @@ def _password_file(directory, secret: str) -> str:
 
 @pytest.fixture(scope="module")
 def backed_up(sandbox_ready, sources, tmp_path_factory):
-    host = sandbox.create(f"t{os.getpid()}-backup")
+    host = images.create(f"t{os.getpid()}-backup")
     secret = f"restic {uuid.uuid4().hex}"
     data = {"backup_repository": REPOSITORY, "backup_every": "1m", "verify_after_deploy": False,
             "backup_password_file": _password_file(tmp_path_factory.mktemp("restic"), secret)}

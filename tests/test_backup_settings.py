@@ -5,6 +5,7 @@ script itself run under sh against a stand-in restic that records what it was as
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import time
 
@@ -109,7 +110,10 @@ def test_bad_values_are_one_line_naming_the_setting(tmp_path, data, setting, say
 # --- the backup_age check --------------------------------------------------------------------
 
 
-def target(tmp_path, every="6h", repository="/srv/restic", status=None, last_ok=None, set_up_ago=0) -> Target:
+def target(tmp_path, every="6h", repository="/srv/restic", status=None, last_ok=None, set_up_ago=0,
+           opened: str | None = None, opened_with: str | None = None) -> Target:
+    """The host as the backup_age check sees it: its status files in TMP_PATH, and a repository
+    the laptop's restic makes there (or OPENED, with the password file OPENED_WITH)."""
     platform = debian("13")
     mine = backup.files(platform)
     for name, text in (("status", status), ("last_ok", last_ok)):
@@ -117,13 +121,22 @@ def target(tmp_path, every="6h", repository="/srv/restic", status=None, last_ok=
             path = tmp_path / mine[name].lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-    env = tmp_path / mine["env"].lstrip("/")
-    env.parent.mkdir(parents=True, exist_ok=True)
-    env.write_text("")
-    os.utime(env, (time.time() - set_up_ago, time.time() - set_up_ago))
+    tmp_path.mkdir(parents=True, exist_ok=True)
     password = tmp_path / "pw"
     password.write_text("x")
     password.chmod(0o600)
+    # The check opens the repository first, with the laptop's own restic standing in for the host's.
+    env = tmp_path / mine["env"].lstrip("/")
+    env.parent.mkdir(parents=True, exist_ok=True)
+    if opened is None and not (tmp_path / "repository").exists():
+        made = subprocess.run(["restic", "init", "-q", "-r", str(tmp_path / "repository"), "--password-file",
+                               str(password)],
+                              capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+    opened = opened or str(tmp_path / "repository")
+    env.write_text(f"RESTIC_REPOSITORY={shlex.quote(opened)}; export RESTIC_REPOSITORY\n"
+                   f"RESTIC_PASSWORD_FILE={shlex.quote(opened_with or str(password))}; export RESTIC_PASSWORD_FILE\n")
+    os.utime(env, (time.time() - set_up_ago, time.time() - set_up_ago))
     settings = parse(backup_repository=repository, backup_password_file=str(password), backup_every=every) \
         if repository else parse()
 
@@ -171,6 +184,31 @@ def test_no_snapshot_is_fine_at_first_and_an_error_after_the_first_interval(tmp_
     assert level == OK and reason.startswith("no snapshot yet: the first backup is due within ")
     level, reason = backup.check_backup_age(target(tmp_path / "late", every="30m", set_up_ago=3630))
     assert level == ERROR and reason.startswith("no backup yet, 1h 0m after the deploy set it up")
+
+
+def test_a_password_that_does_not_open_the_repository_is_an_error_naming_its_setting(tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the password")
+    level, reason = backup.check_backup_age(target(
+        tmp_path, status="ok\t2026-12-07T03:00:00Z\t4dde7f7c19aa\n", last_ok=ago(600), opened_with=str(wrong)))
+    assert level == ERROR and reason.startswith("backup_password_file does not open /srv/restic"), reason
+    assert "wrong password" in reason and "not the password" not in reason
+
+
+def test_a_repository_the_host_cannot_reach_is_an_error_naming_it_without_its_password(tmp_path):
+    unreachable = "rest:http://backup:hunter2@127.0.0.1:9/mail"  # loopback: nothing listens on 9 (discard)
+    level, reason = backup.check_backup_age(target(
+        tmp_path, repository=unreachable, status="ok\t2026-12-07T03:00:00Z\t4dde7f7c19aa\n", last_ok=ago(600),
+        opened=unreachable))
+    assert level == ERROR and reason.startswith("backup_repository rest:http://127.0.0.1:9/mail cannot be opened "
+                                                "from the host: "), reason
+    assert "connection refused" in reason and "hunter2" not in reason
+
+
+def test_a_repository_not_made_yet_is_no_error(tmp_path):
+    level, reason = backup.check_backup_age(target(tmp_path, every="30m", set_up_ago=60,
+                                                   opened=str(tmp_path / "not-yet")))
+    assert level == OK and reason.startswith("no snapshot yet"), reason
 
 
 # --- the script, run under sh against a stand-in restic --------------------------------------
@@ -222,8 +260,10 @@ def test_the_script_makes_the_repository_backs_up_forgets_checks_and_records(tmp
     assert result.returncode == 0, result.stderr
     assert calls[:3] == ["cat config", "init", "unlock"]
     state, mine = root / "var/lib/qmailhost", root / "etc/qmailhost/backup"
-    assert calls[3] == f"backup --tag qmailhost --files-from-verbatim {mine}/paths --exclude-file {mine}/excludes --json -q"
-    assert calls[4:] == ["forget --prune --tag qmailhost --keep-daily 7 --keep-weekly 4 --keep-monthly 12",
+    assert calls[3] == (f"backup --tag qmailhost --host mail.example.org --files-from-verbatim {mine}/paths "
+                        f"--exclude-file {mine}/excludes --json -q")
+    assert calls[4:] == ["forget --prune --tag qmailhost --host mail.example.org --group-by host,tags "
+                         "--keep-daily 7 --keep-weekly 4 --keep-monthly 12",
                          "check --read-data-subset=5%"]
     paths = (mine / "paths").read_text().splitlines()
     assert paths == [str(root / "home/alice/Maildir"), str(mine / "account-hashes")], "only what exists"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness import sandbox
+from harness import images, sandbox
 from harness.dns_server import DnsServer
 from harness.mail import swaks, wait_for_delivery
 from harness.pyinfra_cli import pyinfra
@@ -30,7 +30,7 @@ CERT = "/etc/qmailhost/tls/cert.pem"
 
 @pytest.fixture(scope="module")
 def host(sandbox_ready, sources):
-    made = sandbox.create(f"t{os.getpid()}-drift")
+    made = images.create(f"t{os.getpid()}-drift")
     try:
         pyinfra(made, data=QUIET)
         yield made

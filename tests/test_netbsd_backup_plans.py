@@ -134,9 +134,11 @@ def test_the_script_backs_up_what_the_components_declare_with_netbsd_tools(bare)
     assert ("for p in ~alice/Maildir /usr/pkg/etc/qmailhost/dkim/keys /usr/pkg/etc/qmailhost/tls/cert.pem "
             "/usr/pkg/etc/qmailhost/tls/key.pem") in script
     assert "awk -F: -v u=\"$u\" '$1 == u { print $2 }' /etc/master.passwd" in script
-    assert "step backup --tag qmailhost --files-from-verbatim \"$dir/paths\" --exclude-file \"$dir/excludes\"" in script
+    assert ("step backup --tag qmailhost --host mail.example.org --files-from-verbatim \"$dir/paths\" "
+            "--exclude-file \"$dir/excludes\"") in script
     assert "*/Maildir) printf '%s/tmp\\n%s/.*/tmp\\n'" in script, "no Maildir's tmp/"
-    assert "step forget --prune --tag qmailhost --keep-daily 7 --keep-weekly 4 --keep-monthly 12 ||" in script
+    assert ("step forget --prune --tag qmailhost --host mail.example.org --group-by host,tags --keep-daily 7 "
+            "--keep-weekly 4 --keep-monthly 12 ||") in script
     assert "step check --read-data-subset=5%" in script
     assert "[ $((now - $(epoch backup-last-ok))) -ge 86400 ] && [ $((now - $(epoch backup-last-try))) -ge 3600 ]" \
         in script
@@ -191,8 +193,8 @@ def test_rest_repositories_get_no_retention_and_a_shorter_interval_polls_more_of
     host.apply(planned)
     assert host.crontab[-1] == f"*/2 * * * * {SCRIPT} --if-due >/dev/null 2>&1"
     planned = plan(host, settings(password_file, backup_keep={"daily": 3, "weekly": 0}))
-    assert "step forget --prune --tag qmailhost --keep-daily 3 --keep-monthly 12 ||" in uploaded(planned, SCRIPT), \
-        "a count of 0 is left out, not passed to restic"
+    forget = "step forget --prune --tag qmailhost --host mail.example.org --group-by host,tags --keep-daily 3 "
+    assert f"{forget}--keep-monthly 12 ||" in uploaded(planned, SCRIPT), "a count of 0 is left out, not passed to restic"
 
 
 def test_unsetting_the_repository_retires_the_cron_line_and_the_secret_files(converged, password_file):

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from harness import sandbox
+from harness import images, sandbox
 from harness.dns_server import DnsServer
 from harness.mail import wait_for_delivery
 from harness.peer import CERT_FILE, PostfixPeer, link
@@ -31,7 +31,7 @@ TLS_RECEIVED = re.compile(r"\(using (TLSv1\.[23]) with cipher (\S+) .*?by " + re
 @pytest.fixture(scope="module")
 def pair(sandbox_ready, sources):
     """(qmailhost host, its deploy data, the Postfix peer), linked both ways."""
-    host = sandbox.create(f"t{os.getpid()}-qmail")
+    host = images.create(f"t{os.getpid()}-qmail")
     peer_host = sandbox.create(f"t{os.getpid()}-postfix")
     dns = DnsServer({(PEER_DOMAIN, "MX"): [PEER_MX], (PEER_MX, "A"): [host.gateway]}, address=host.gateway)
     relays = None

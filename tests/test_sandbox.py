@@ -112,3 +112,25 @@ def test_cli_status_json_gives_address_key_and_mail_account(sandbox_ready):
                               cwd=PROJECT, capture_output=True, text=True)
         assert "destroyed" in down.stdout
     assert sandbox.load("cli-check") is None
+
+
+def test_a_frozen_host_is_a_layer_later_hosts_start_from(sandbox_ready, tmp_path):
+    """harness/images.py's base: what a host's disk gained (a new file, a removed one) is what
+    a host made from its frozen layer starts with, and that host's own changes stay its own."""
+    image = sandbox.CACHE_DIR / "images" / f"t{os.getpid()}-frozen"
+    first = sandbox.create(f"t{os.getpid()}-to-freeze")
+    try:
+        first.ssh("echo kept > /etc/qmailhost-frozen && rm /etc/debian_version")
+        sandbox.freeze(first, image)
+        _assert_nothing_left_of(first)
+        second = sandbox.create(f"t{os.getpid()}-from-frozen", lower=[image])
+        try:
+            assert second.ssh("cat /etc/qmailhost-frozen").stdout == "kept\n"
+            assert second.ssh("test -e /etc/debian_version", check=False).returncode != 0
+            second.ssh("echo changed > /etc/qmailhost-frozen")
+        finally:
+            sandbox.destroy(second.name)
+        assert (image / "etc/qmailhost-frozen").read_text() == "kept\n"
+    finally:
+        sandbox.destroy(first.name)
+        subprocess.run(["rm", "-rf", str(image)], check=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import sandbox, testssl
+from harness import images, sandbox, testssl
 from harness.mail import message, submit, swaks, tls_context, wait_for_delivery
 from harness.pyinfra_cli import predicted_and_real, pyinfra
 
@@ -30,7 +30,7 @@ PORTS = {25: "smtp", 465: None, 587: "smtp"}  # port -> testssl's --starttls
 
 @pytest.fixture(scope="module")
 def tlshost(sandbox_ready, sources):
-    host = sandbox.create(f"t{os.getpid()}-tls")
+    host = images.create(f"t{os.getpid()}-tls")
     try:
         pyinfra(host)
         yield host

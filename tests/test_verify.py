@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness import sandbox
+from harness import images, sandbox
 from harness.pyinfra_cli import pyinfra
 from qmailhost import checks
 from qmailhost.platform import debian
@@ -50,7 +50,7 @@ def verify(host: sandbox.Host, **data) -> Verified:
 @pytest.fixture(scope="module")
 def deployed(sandbox_ready, sources):
     """One host for the whole module, deployed once, and the checks' view of it healthy."""
-    host = sandbox.create(f"t{os.getpid()}-verify")
+    host = images.create(f"t{os.getpid()}-verify")
     try:
         pyinfra(host, data={"verify_after_deploy": False})
         yield host, verify(host)

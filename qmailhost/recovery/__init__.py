@@ -36,6 +36,9 @@ The package, by concern (each module's header says more):
     manifest.py   files and the manifest: Record, stored paths, vis(3) names, read_manifest and
                   write_manifest, the backups on this laptop (backups_in, newest_backup)
     backup.py     backup: plan_backup (prepare phase, read-only), run_backup (execution phase)
+    snapshots.py  the host's restic repository read from the laptop: this host's snapshots, one
+                  written out as a backup directory (materialize) for restore, the newest one
+                  that a bare host's deploy asks (newest_holding)
     trust.py      what a backup may say: no more than a deploy makes (modes masked; owners,
                   groups, kinds, paths and accounts vetted), since anyone who can write a
                   backup can edit it and restore runs as root
@@ -97,6 +100,19 @@ from qmailhost.recovery.restore import (
     send_files,
     verify,
 )
+from qmailhost.recovery.snapshots import (
+    TAG,
+    Holding,
+    Repository,
+    Snapshot,
+    choose,
+    hashes_path,
+    materialize,
+    newest_holding,
+    private_directory,
+    repository_for,
+    shown,
+)
 from qmailhost.recovery.trust import MODE_CAP, ROOT_GROUPS, SERVICE_GROUPS, SERVICE_OWNERS, trusted_backup, vetted
 from qmailhost.settings import SettingsError, boolean
 
@@ -117,6 +133,9 @@ __all__ = [
     "Backup", "HostView", "changed_hashes", "generic_parts", "host_script", "look_at_host", "missing_files",
     "open_backup", "pending_messages", "require_deployed", "require_within_parts", "requeue", "restore_files",
     "restore_password_hashes", "restore_roots", "send_files", "verify",
+    # snapshots
+    "TAG", "Holding", "Repository", "Snapshot", "choose", "hashes_path", "materialize", "newest_holding",
+    "private_directory", "repository_for", "shown",
     # trust
     "MODE_CAP", "ROOT_GROUPS", "SERVICE_GROUPS", "SERVICE_OWNERS", "trusted_backup", "vetted",
 ]
@@ -142,7 +161,8 @@ COMPONENT = Component(
         Setting("backup_dir", None, _path("backup_dir"),
                 "where backups go, one `<UTC stamp>/` per run; default: `~/qmailhost-backups/<hostname>`"),
         Setting("restore_from", None, _path("restore_from"),
-                "the backup `restore.py` puts back; default: the newest backup in `backup_dir`"),
+                "what `restore.py` puts back: a snapshot ID in `backup_repository`, or a backup directory; "
+                "default: the newest snapshot (else the newest backup in `backup_dir`)"),
         Setting("backup_queue", False, boolean("backup_queue"),
                 "also carry pending messages (re-queued once on restore)"),
     ),

@@ -1,9 +1,11 @@
 """Restore: the backup verified, what the host has, and the operations that add the rest.
 
-open_backup takes the backup to put back (restore_from, else the newest in backup_dir),
-verifies every stored file's size and sha256 first, then holds what it says to what a
-deploy makes (trust.py: modes masked; owners, groups, kinds and paths vetted; only the
-inventory's accounts): nothing a backup says reaches the host unvetted. look_at_host
+open_backup takes the backup to put back (restore_from: a backup directory, or a snapshot
+ID in backup_repository; else the newest snapshot, else the newest in backup_dir; a
+snapshot is first written out as a backup directory, snapshots.materialize), verifies
+every stored file's size and sha256 first, then holds what it says to what a deploy makes
+(trust.py: modes masked; owners, groups, kinds and paths vetted; only the inventory's
+accounts): nothing a backup says reaches the host unvetted. look_at_host
 reads in one round trip what the host already has: the accounts' homes and the sha256 of
 their hashes (never the hashes), every path under the generic parts' paths, earlier
 requeues, the queue; with it, require_within_parts refuses an entry that lies outside
@@ -17,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -43,6 +45,7 @@ from qmailhost.recovery.manifest import (
 )
 from qmailhost.recovery.parts import _words, backup_parts, part_paths
 from qmailhost.recovery.remote import Remote, _records
+from qmailhost.recovery.snapshots import SNAPSHOT_ID, shown
 from qmailhost.recovery.trust import refuse_outside_parts, trusted_backup, vetted
 from qmailhost.settings import Settings, SettingsError
 
@@ -70,14 +73,27 @@ class Backup:
         return (self.directory / record.stored).read_bytes()
 
 
-def open_backup(opts: Options, settings: Settings) -> Backup:
-    """The backup to restore (restore_from, else the newest), fully verified and held to what
-    a deploy makes; a one-line SettingsError naming restore_from for a missing, foreign,
-    damaged or tampered one."""
-    directory = opts.restore_from or (backups_in(opts.backup_root) or [None])[-1]
+def open_backup(opts: Options, settings: Settings, snapshot_source: Callable[[str | None], Path | None]) -> Backup:
+    """The backup to restore, fully verified and held to what a deploy makes; a one-line
+    SettingsError naming restore_from for a missing, foreign, damaged or tampered one. Which:
+    restore_from when it is a backup directory; else, with backup_repository, the snapshot
+    restore_from names (an ID) or the newest, written out by SNAPSHOT_SOURCE (wanted ID or None
+    -> its directory, None: the repository holds no snapshot); else the newest backup directory."""
+    wanted = opts.restore_from
+    directory = wanted if wanted is not None and wanted.exists() else None
+    if directory is None and wanted is not None and not SNAPSHOT_ID.fullmatch(str(wanted)):
+        raise SettingsError("restore_from", f"{wanted} is neither a backup directory nor a snapshot ID",
+                            "name a backup directory, or a snapshot ID that restic snapshots lists")
+    if directory is None and settings.backup_repository:
+        directory = snapshot_source(str(wanted) if wanted is not None else None)
+    elif directory is None and wanted is not None:
+        raise SettingsError("restore_from", f"{wanted} names a snapshot, but backup_repository is not set",
+                            "set backup_repository, or set restore_from to a backup directory")
+    directory = directory or (backups_in(opts.backup_root) or [None])[-1]
     if directory is None:
-        raise SettingsError("restore_from", f"no backup of {settings.hostname} in {opts.backup_root}",
-                            "run backup.py first, or set restore_from to a backup directory")
+        raise SettingsError("restore_from", f"no backup of {settings.hostname} in "
+                            f"{shown(settings.backup_repository) if settings.backup_repository else opts.backup_root}",
+                            "let the host back up first (backup.py backs up now), or set restore_from")
     try:
         header, records = read_manifest(directory)
         verify(directory, records)
