@@ -16,13 +16,13 @@ changed: the missing files of the components' backup parts are added (Maildir me
 the TMDA archive: nothing on the host is deleted or overwritten), password hashes set
 from a file through the platform's password tool (chpasswd -e, or NetBSD's master.passwd
 rewrite), each part with a restore hook puts its own files back (the TLS pair replaced
-when it differs, then stunnel restarted), pending messages requeued once. A second
-restore changes nothing. See qmailhost/recovery/.
+when it differs, then stunnel restarted), pending messages requeued once, and scheduled
+backups, held on a rebuilt host until now, run again. A second restore changes nothing. See qmailhost/recovery/.
 """
 
 from pyinfra import host
 
-from qmailhost import recovery
+from qmailhost import ops, recovery
 from qmailhost.platform import detect
 from qmailhost.settings import Settings
 
@@ -58,3 +58,5 @@ for part in recovery.backup_parts(platform):
         part.restore(platform, settings, backup)
 recovery.requeue(name="Requeue the pending messages", messages=recovery.pending_messages(backup, view),
                  qmail_queue=f"{platform.qmail_bin}/qmail-queue")
+# Scheduled backups resume: a rebuilt host's first deploy held them for this restore.
+ops.absent_file(name="Let scheduled backups run again (the restore is done)", path=recovery.RESTORE_PENDING)

@@ -508,9 +508,10 @@ class NetBSDHost:
             self._temp[m[3]] = _sed(m[2], self._temp[m[3]])  # NetBSD's sed -i takes the suffix attached
         elif m := re.fullmatch(r"crontab -u root (/tmp/pyinfra-[0-9a-f]+)", command):
             self.crontab = self._temp.pop(m[1])
-        elif m := re.fullmatch(r"rm -f (/[\w./-]+)", command):  # a managed file removed (ops.absent_file)
-            for store in (self.files, self.contents, self.tree):
-                store.pop(m[1], None)
+        elif m := re.fullmatch(r"rm -f ((?:/[\w./-]+ ?)+)", command):  # managed files removed (ops.absent_file)
+            for path in m[1].split():
+                for store in (self.files, self.contents, self.tree):
+                    store.pop(path, None)
         elif m := re.fullmatch(_DKNEWKEY, command):
             self._dknewkey(m)
         elif m := re.fullmatch(_CERTONLY, command):

@@ -37,7 +37,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyinfra import logger
+from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.operations import python, server
 
@@ -49,7 +49,7 @@ from qmailhost.files import render
 from qmailhost.platform import Platform
 from qmailhost.recovery.backup import hashes_script
 from qmailhost.recovery.parts import backup_parts, part_paths, shell_word
-from qmailhost.recovery.snapshots import TAG, absent, hashes_path, shown
+from qmailhost.recovery.snapshots import RESTORE_PENDING, TAG, absent, hashes_path, newest_snapshot, shown
 from qmailhost.settings import Settings, SettingsError
 
 SERVICE = "qmailhost-backup"
@@ -196,7 +196,7 @@ def backup_words(platform: Platform, settings: Settings) -> list[str]:
 def script(platform: Platform, settings: Settings) -> str:
     mine, paths = files(platform), PATHS[platform.name]
     forget = [f"--keep-{key} {number}" for key, number in settings.backup_keep.items() if number]
-    return render("backup/backup.sh.j2", dir=own_dir(platform), mine=mine, state_dir=STATE_DIR,
+    return render("backup/backup.sh.j2", dir=own_dir(platform), mine=mine, state_dir=STATE_DIR, pending=RESTORE_PENDING,
                   restic=paths.restic, every=settings.backup_every, retry=min(settings.backup_every, RETRY),
                   check_every=CHECK_EVERY, tag=TAG, hostname=shlex.quote(settings.hostname),
                   words=" ".join(backup_words(platform, settings)), hashes_file=shlex.quote(hashes_path(platform)),
@@ -214,6 +214,17 @@ def configure(platform: Platform, settings: Settings) -> None:
         for name in ("password", "env", "script"):
             ops.absent_file(name=f"Remove the backup {name} file (backup_repository is unset)", path=mine[name])
         return
+    # A host set up for backups for the first time, whose repository already holds its snapshots,
+    # is a rebuilt one: its scheduled backups wait for restore.py (RESTORE_PENDING).
+    first_here = ops.managed_file(files(platform)["env"]) is None
+    pending = newest_snapshot(settings, platform, host.data.dict(), host.name) if first_here else None
+    ops.decided(name="Hold scheduled backups until restore.py (the repository holds this host's snapshots)",
+                needed=pending is not None, why_not="no restore is pending",
+                command=f"mkdir -p {STATE_DIR} && printf '%s\\n' {shlex.quote(pending.label if pending else '')} "
+                        f"> {RESTORE_PENDING}")
+    if pending is not None:
+        logger.warning(f"[{host.name}] {pending.label} holds this host's backup: scheduled backups wait for "
+                       "restore.py (pyinfra inventory/<site>.py restore.py)")
     ops.directory(name="Create qmailhost's backup directory (root's alone)", path=own_dir(platform), user="root",
                   group=platform.root_group, mode="700")
     ops.secret_file(name="Install the backup repository's password", dest=mine["password"],

@@ -189,6 +189,11 @@ def test_rest_repositories_get_no_retention_and_a_shorter_interval_polls_more_of
         in script
     env = uploaded(planned, ENV)
     assert "RESTIC_REPOSITORY=rest:https://bk:pw@backup.example.net/mail;" in env
+    # another repository: its record starts afresh (a first backup at once, no old outcome shown)
+    afresh = next(commands for name, commands in planned if name == "Start the backup record afresh "
+                  "(backup_repository changed)")
+    assert afresh == ["rm -f /var/lib/qmailhost/backup-status /var/lib/qmailhost/backup-last-ok "
+                      "/var/lib/qmailhost/backup-last-try /var/lib/qmailhost/backup-last-check"]
     assert not [name for name, _ in planned if "bk:pw" in name], "the repository's credentials are no name"
     host.apply(planned)
     assert host.crontab[-1] == f"*/2 * * * * {SCRIPT} --if-due >/dev/null 2>&1"
@@ -230,3 +235,24 @@ def test_a_bad_setting_is_refused_before_the_host_is_asked(tmp_path):
         plan_deploy(deploy_data(backup_repository=REPOSITORY, backup_password_file=str(loose)), answer)
     assert refused.value.setting == "backup_password_file" and f"chmod 600 {loose}" in str(refused.value)
     assert SECRET not in str(refused.value) and asked == []
+
+
+def test_a_rebuilt_host_whose_repository_holds_its_snapshots_backs_up_only_after_restore(password_file, monkeypatch):
+    """A first deploy whose repository already holds this host's snapshots (the disk died): the
+    bare host's own first backup would become the newest snapshot, and retention would forget
+    the ones holding the mail; so its backups wait for restore.py, which lets them run."""
+    from qmailhost.recovery import snapshots
+
+    held = snapshots.Holding("snapshot 4dde7f7c in sftp:bk@nas.example.org:/srv/restic/mail", [], bytes)
+    monkeypatch.setattr(backup, "newest_snapshot", lambda settings, platform, data, name: held)
+    host = NetBSDHost()
+    planned = plan_deploy(settings(password_file), host.answer)
+    names = [name for name, _ in planned]
+    hold = "Hold scheduled backups until restore.py (the repository holds this host's snapshots)"
+    assert names.index(hold) < names.index("Back up with restic when due (cron, every 5 min)")
+    assert next(commands for name, commands in planned if name == hold) == [
+        "mkdir -p /var/lib/qmailhost && printf '%s\\n' 'snapshot 4dde7f7c in sftp:bk@nas.example.org:/srv/restic/mail' "
+        "> /var/lib/qmailhost/restore-pending"]
+    assert "if [ -f /var/lib/qmailhost/restore-pending ]; then" in uploaded(planned, SCRIPT)
+    host.apply(planned)
+    assert hold not in [name for name, _ in plan(host, settings(password_file))], "asked on the first deploy only"

@@ -101,6 +101,7 @@ from qmailhost.recovery.restore import (
     verify,
 )
 from qmailhost.recovery.snapshots import (
+    RESTORE_PENDING,
     TAG,
     Holding,
     Repository,
@@ -134,8 +135,8 @@ __all__ = [
     "open_backup", "pending_messages", "require_deployed", "require_within_parts", "requeue", "restore_files",
     "restore_password_hashes", "restore_roots", "send_files", "verify",
     # snapshots
-    "TAG", "Holding", "Repository", "Snapshot", "choose", "hashes_path", "materialize", "newest_holding",
-    "private_directory", "repository_for", "shown",
+    "RESTORE_PENDING", "TAG", "Holding", "Repository", "Snapshot", "choose", "hashes_path", "materialize",
+    "newest_holding", "private_directory", "repository_for", "shown",
     # trust
     "MODE_CAP", "ROOT_GROUPS", "SERVICE_GROUPS", "SERVICE_OWNERS", "trusted_backup", "vetted",
 ]

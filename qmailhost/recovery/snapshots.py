@@ -39,6 +39,7 @@ from pathlib import Path
 
 from pyinfra import logger
 
+from qmailhost.facts import STATE_DIR
 from qmailhost.platform import Platform
 from qmailhost.recovery.common import RecoveryError
 from qmailhost.recovery.manifest import (
@@ -54,6 +55,10 @@ from qmailhost.recovery.remote import remote_for
 from qmailhost.settings import Settings, SettingsError
 
 TAG = "qmailhost"  # every snapshot the host makes carries it
+# On a rebuilt host whose repository holds its snapshots, scheduled backups wait for restore.py
+# (the first deploy writes this file, restore.py removes it): a snapshot of the bare host would
+# become the newest, and retention would soon forget the ones that hold the mail.
+RESTORE_PENDING = f"{STATE_DIR}/restore-pending"
 SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
 _GO_SETUID, _GO_SETGID, _GO_STICKY = 1 << 23, 1 << 22, 1 << 20  # Go's os.FileMode bits (restic ls --json)
 _TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
