@@ -58,5 +58,8 @@ for part in recovery.backup_parts(platform):
         part.restore(platform, settings, backup)
 recovery.requeue(name="Requeue the pending messages", messages=recovery.pending_messages(backup, view),
                  qmail_queue=f"{platform.qmail_bin}/qmail-queue")
-# Scheduled backups resume: a rebuilt host's first deploy held them for this restore.
-ops.absent_file(name="Let scheduled backups run again (the restore is done)", path=recovery.RESTORE_PENDING)
+# Scheduled backups resume, the first one within minutes (its retry wait forgotten): a rebuilt
+# host's first deploy held them for this restore.
+ops.decided(name="Let scheduled backups run again (the restore is done)",
+            needed=ops.managed_file(recovery.RESTORE_PENDING) is not None, why_not="no backup waits for a restore",
+            command=f"rm -f {recovery.RESTORE_PENDING} {' '.join(recovery.WAITED)}")

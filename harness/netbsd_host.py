@@ -322,7 +322,9 @@ class NetBSDHost:
     def apply(self, plan: list[tuple[str, list]]) -> None:
         for _name, commands in plan:
             for command in commands:
-                if isinstance(command, list):
+                if isinstance(command, list) and command[0] == "call":
+                    self.executed.append(f"call {command[1]}")  # runs on the laptop, reading the host
+                elif isinstance(command, list):
                     kind, data, dest = command
                     assert kind == "upload"
                     self._uploads[dest] = data
@@ -512,6 +514,9 @@ class NetBSDHost:
             for path in m[1].split():
                 for store in (self.files, self.contents, self.tree):
                     store.pop(path, None)
+        elif m := re.fullmatch(r"ssh-keygen -q -t ed25519 -N '' -C (\S+) -f (\S+)", command):  # base's ssh-keygen
+            self._write(m[2], "-----BEGIN OPENSSH PRIVATE KEY-----\n(model)\n", "600", "root", "wheel")
+            self._write(f"{m[2]}.pub", f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAImodel {m[1]}\n", "644", "root", "wheel")
         elif m := re.fullmatch(_DKNEWKEY, command):
             self._dknewkey(m)
         elif m := re.fullmatch(_CERTONLY, command):

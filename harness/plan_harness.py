@@ -6,8 +6,9 @@ operations are ordered by the call stack exactly as ``pyinfra ... deploy.py`` or
 them) and returns [(operation name, [commands])] for the operations that would change
 something. ``plan_operation(op, kwargs, answer)`` does the same for one operation's
 ``_inner``. Commands are serialised as pyinfra-testing's operation tests do: strings,
-and ["upload", content, dest] for uploads (pyinfra-testing itself is not imported: it
-loads pyinfra_cli, whose gevent monkey-patching would reach the other tests).
+["upload", content, dest] for uploads, and ["call", function name, keyword arguments] for
+python.call (pyinfra-testing itself is not imported: it loads pyinfra_cli, whose gevent
+monkey-patching would reach the other tests).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from unittest import mock
 
 import pyinfra
-from pyinfra.api import Config, FileUploadCommand, Inventory, State, StringCommand
+from pyinfra.api import Config, FileUploadCommand, FunctionCommand, Inventory, State, StringCommand
 from pyinfra.api.host import Host
 from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_config, ctx_host, ctx_state
@@ -60,6 +61,8 @@ def parse_commands(commands) -> list:
             else:
                 data = str(command.src)
             parsed.append(["upload", data, str(command.dest)])
+        elif isinstance(command, FunctionCommand):  # python.call: what it calls, and with what
+            parsed.append(["call", command.function.__name__, dict(command.kwargs)])
         else:
             raise AssertionError(f"unexpected command {command!r}")
     return parsed
@@ -129,8 +132,9 @@ def plan_operation(op, kwargs: dict, answer: Answer, host_name: str = "mail.exam
 
 
 def commands_of(plan) -> list[str]:
-    """Every command of a plan, uploads shown as "upload DEST"."""
-    return [c if isinstance(c, str) else f"upload {c[2]}" for _, commands in plan for c in commands]
+    """Every command of a plan, uploads shown as "upload DEST", python.calls as "call FUNCTION"."""
+    return [c if isinstance(c, str) else f"{c[0]} {c[1] if c[0] == 'call' else c[2]}"
+            for _, commands in plan for c in commands]
 
 
 def uploaded(plan, dest: str) -> str:

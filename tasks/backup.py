@@ -67,6 +67,30 @@ _UNITS = {"m": 60, "h": 3600, "d": 86400}
 _REPOSITORY = re.compile(r"(sftp:[^:/\s][^\s]*:\S*|sftp://\S+|rest:https?://\S+|s3:\S+|b2:\S+|/\S*)")
 
 
+_SFTP = re.compile(r"sftp:(?://(?:(?P<user2>[^@/\s]+)@)?(?P<host2>[^:/\s]+)(?::(?P<port>\d+))?/.*"
+                   r"|(?:(?P<user>[^@:\s]+)@)?(?P<host>[^:/\s]+):.*)")
+
+
+@dataclass(frozen=True)
+class SftpTarget:
+    user: str | None
+    host: str
+    port: int | None
+
+    @property
+    def login(self) -> str:
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+
+def sftp_target(repository: str | None) -> SftpTarget | None:
+    """Who and where an sftp: repository logs in (None for any other kind)."""
+    match = _SFTP.fullmatch(repository or "")
+    if not match:
+        return None
+    return SftpTarget(match["user"] or match["user2"], match["host"] or match["host2"],
+                      int(match["port"]) if match["port"] else None)
+
+
 @dataclass(frozen=True)
 class Paths:
     restic: str
@@ -90,6 +114,7 @@ def own_dir(platform: Platform) -> str:
 def files(platform: Platform) -> dict[str, str]:
     mine = own_dir(platform)
     return {"password": f"{mine}/password", "env": f"{mine}/env", "script": f"{mine}/backup",
+            "ssh_key": f"{mine}/ssh-key", "known_hosts": f"{mine}/known_hosts",
             "status": f"{STATE_DIR}/backup-status", "last_ok": f"{STATE_DIR}/backup-last-ok"}
 
 
@@ -146,6 +171,33 @@ def _password_file(value, values: dict) -> Path | None:
     return path
 
 
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+_OURS = ("RESTIC_REPOSITORY", "RESTIC_PASSWORD_FILE", "RESTIC_CACHE_DIR", "RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND")
+
+
+def _environment(value, values: dict) -> tuple[str, ...]:
+    """Names of environment variables on this laptop whose values the host's restic needs (an s3
+    or b2 key: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, B2_ACCOUNT_ID, B2_ACCOUNT_KEY, ...);
+    read when the deploy runs, like a password file, and kept as secrets on the host."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(name, str) for name in value):
+        raise SettingsError("backup_environment", f"{value!r} is not a list of variable names",
+                            'write it as ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]')
+    if value and not values.get("backup_repository"):
+        raise SettingsError("backup_environment", "is set but backup_repository is not",
+                            "set backup_repository, or drop backup_environment")
+    for name in value:
+        if not _ENV_NAME.fullmatch(name) or name in _OURS:
+            raise SettingsError("backup_environment", f"{name!r} is not a variable restic reads from us"
+                                + (" (qmailhost sets it)" if name in _OURS else ""),
+                                "name variables such as AWS_ACCESS_KEY_ID (upper case, digits, _)")
+        if not os.environ.get(name) or not os.environ[name].isprintable():
+            raise SettingsError("backup_environment", f"{name} is not set in this laptop's environment",
+                                f"export {name}=... before running pyinfra (its value is never shown)")
+    return tuple(dict.fromkeys(value))
+
+
 def _every(value, _values=None) -> int:
     match = re.fullmatch(r"([1-9][0-9]{0,5})([mhd])", value) if isinstance(value, str) else None
     seconds = int(match[1]) * _UNITS[match[2]] if match else 0
@@ -180,17 +232,31 @@ def _keep(value, _values=None) -> dict[str, int]:
 
 
 def env_file(platform: Platform, settings: Settings) -> str:
-    """What the script reads: restic's repository, password file and cache, exported."""
+    """What the script reads: restic's repository, password file and cache, and the
+    backup_environment variables (an s3 or b2 key) with their laptop values, exported."""
     mine = files(platform)
     return "".join(f"{name}={shlex.quote(value)}; export {name}\n" for name, value in (
         ("RESTIC_REPOSITORY", settings.backup_repository), ("RESTIC_PASSWORD_FILE", mine["password"]),
-        ("RESTIC_CACHE_DIR", PATHS[platform.name].cache_dir)))
+        ("RESTIC_CACHE_DIR", PATHS[platform.name].cache_dir),
+        *((name, os.environ[name]) for name in settings.backup_environment)))
 
 
 def backup_words(platform: Platform, settings: Settings) -> list[str]:
     """What is backed up, as words for the host's shell: every component's BackupPart (this
     module's own part is nothing)."""
     return [shell_word(path) for path in part_paths(backup_parts(platform), settings, platform)]
+
+
+def sftp_command(platform: Platform, settings: Settings) -> str | None:
+    """How restic reaches an sftp: repository from the host: ssh with the host's own key (made by the
+    deploy), the target's host key learnt on first use, never a password prompt."""
+    target = sftp_target(settings.backup_repository)
+    if target is None:
+        return None
+    mine = files(platform)
+    port = f" -p {target.port}" if target.port else ""
+    return (f"ssh -i {mine['ssh_key']} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new "
+            f"-o UserKnownHostsFile={mine['known_hosts']} -o ConnectTimeout=15{port} {target.login} -s sftp")
 
 
 def script(platform: Platform, settings: Settings) -> str:
@@ -201,6 +267,7 @@ def script(platform: Platform, settings: Settings) -> str:
                   check_every=CHECK_EVERY, tag=TAG, hostname=shlex.quote(settings.hostname),
                   words=" ".join(backup_words(platform, settings)), hashes_file=shlex.quote(hashes_path(platform)),
                   hashes=hashes_script([a.name for a in settings.accounts], platform.shell),
+                  sftp=shlex.quote(sftp_command(platform, settings) or ""),
                   forget=" ".join(forget) if retention_applies(settings.backup_repository) else None)
 
 
@@ -227,6 +294,16 @@ def configure(platform: Platform, settings: Settings) -> None:
                        "restore.py (pyinfra inventory/<site>.py restore.py)")
     ops.directory(name="Create qmailhost's backup directory (root's alone)", path=own_dir(platform), user="root",
                   group=platform.root_group, mode="700")
+    target = sftp_target(settings.backup_repository)
+    keyless = target is not None and ops.managed_file(mine["ssh_key"]) is None
+    if target is not None:
+        ops.decided(name="Make the host's SSH key for the sftp repository", needed=keyless,
+                    why_not="the host has its key", command=(
+                        f"ssh-keygen -q -t ed25519 -N '' -C {shlex.quote(f'restic@{settings.hostname}')} "
+                        f"-f {mine['ssh_key']}"))
+    if keyless:  # (the backup_age check shows the line again while the target refuses the key)
+        python.call(name="Show the line that lets the host's key in on the sftp target", function=_show_key,
+                    public=f"{mine['ssh_key']}.pub", target=target)
     ops.secret_file(name="Install the backup repository's password", dest=mine["password"],
            data=settings.backup_password_file.read_bytes(), group=platform.root_group)
     # The repository string may hold a rest server's user and password: a secret too.
@@ -250,6 +327,14 @@ def now(platform: Platform, settings: Settings) -> None:
     server.shell(name=f"Back up now to {shown(settings.backup_repository)} (restic, on the host)",
                  commands=[mine["script"]])
     python.call(name="Report the snapshot", function=_report_snapshot, status=mine["status"])
+
+
+def _show_key(state, host, public: str, target: SftpTarget) -> None:
+    """(python.call) The public half of the host's new key, and where it goes."""
+    ok, output = host.run_shell_command(f"cat {public}", print_output=False, **connector_arguments(state, host))
+    if ok:
+        logger.warning(f"[{host.name}] let the host's backups in: add this line to ~{target.user or 'USER'}"
+                       f"/.ssh/authorized_keys on {target.host}:\n    restrict {output.stdout.strip()}")
 
 
 def _report_snapshot(state, host, status: str) -> None:
@@ -310,8 +395,11 @@ def _repository_answers(target, mine: dict) -> tuple[str, str] | None:
     """Does the repository open from the host with its password (restic cat config)? An error
     naming the setting when not; None when it does, or does not exist yet (the first backup makes it)."""
     restic = PATHS[target.platform.name].restic
+    sftp = sftp_command(target.platform, target.settings)
     output = target.run(f"[ -r {mine['env']} ] || {{ printf 'probe\\tnoenv\\n'; exit 0; }}; . {mine['env']}; "
-                        f"out=$(timeout {PROBE_SECONDS} {restic} cat config 2>&1 >/dev/null); rc=$?; "
+                        f"sftp={shlex.quote(sftp) if sftp else ''}; "
+                        f"out=$(timeout {PROBE_SECONDS} {restic} ${{sftp:+-o \"sftp.command=$sftp\"}} cat config "
+                        "2>&1 >/dev/null); rc=$?; "
                         "printf 'probe\\t%s\\t%s\\n' \"$rc\" \"$(printf '%s\\n' \"$out\" | grep -m1 'Fatal:' || "
                         "printf '%s\\n' \"$out\" | grep . | tail -1)\"")
     fields = _field(output, "probe").split("\t", 1)
@@ -325,7 +413,13 @@ def _repository_answers(target, mine: dict) -> tuple[str, str] | None:
         return ERROR, f"backup_password_file does not open {where} ({why}): put the repository's password in it"
     if code == "124":
         why = f"no answer within {PROBE_SECONDS} s"
-    return ERROR, f"backup_repository {where} cannot be opened from the host: {why or f'restic exited {code}'}"
+    let_in = ""
+    if sftp and ("denied" in why.lower() or "sftp session" in why.lower()):
+        public = one_line(target.run(f"cat {mine['ssh_key']}.pub 2>/dev/null; true").strip())
+        login = sftp_target(target.settings.backup_repository)
+        let_in = (f"; let the host's key in: add 'restrict {public}' to ~{login.user or 'USER'}/.ssh/authorized_keys "
+                  f"on {login.host}") if public else ""
+    return ERROR, f"backup_repository {where} cannot be opened from the host: {why or f'restic exited {code}'}{let_in}"
 
 
 def check_backup_age(target):
@@ -378,6 +472,9 @@ COMPONENT = Component(
         Setting("backup_every", "24h", _every, "how often the host backs up: a duration from `1m` to `7d`"),
         Setting("backup_keep", dict(DEFAULT_KEEP), _keep,
                 "retention: how many `daily`, `weekly`, `monthly` snapshots to keep (not through rest:)"),
+        Setting("backup_environment", None, _environment,
+                "names of environment variables on the laptop that the host's restic needs, with their values "
+                "(an s3 or b2 key: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `B2_ACCOUNT_ID`, ...); secrets"),
     ),
     checks=(check_backup_age,),
 )

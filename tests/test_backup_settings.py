@@ -59,6 +59,17 @@ def test_durations(every, seconds):
     assert parse(backup_every=every).backup_every == seconds
 
 
+def test_the_environment_named_goes_into_the_hosts_env_file_and_nowhere_else(monkeypatch, password_file):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalr XUtnFEMI/K7MDENG")
+    settings = parse(backup_repository="s3:s3.amazonaws.com/bucket/mail", backup_password_file=str(password_file),
+                     backup_environment=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
+    env = backup.env_file(debian("13"), settings)
+    assert "AWS_ACCESS_KEY_ID=AKIDEXAMPLE; export AWS_ACCESS_KEY_ID\n" in env
+    assert "AWS_SECRET_ACCESS_KEY='wJalr XUtnFEMI/K7MDENG'; export AWS_SECRET_ACCESS_KEY\n" in env
+    assert "AKIDEXAMPLE" not in backup.script(debian("13"), settings)
+
+
 def test_a_partial_keep_takes_the_other_defaults_and_zero_is_allowed():
     assert parse(backup_keep={"daily": 3, "weekly": 0}).backup_keep == {"daily": 3, "weekly": 0, "monthly": 12}
 
@@ -90,10 +101,21 @@ def test_a_partial_keep_takes_the_other_defaults_and_zero_is_allowed():
     ({"backup_keep": {"monthly": "12"}}, "backup_keep", "monthly is '12'"),
     ({"backup_keep": [7, 4, 12]}, "backup_keep", "must be a mapping, not list"),
     ({"backup_keep": {"daily": 0, "weekly": 0, "monthly": 0}}, "backup_keep", "keeps nothing"),
+    ({"backup_repository": "/srv/restic", "backup_password_file": "GOOD", "backup_environment": ["QMAILHOST_TEST_UNSET_KEY"]}, "backup_environment",
+     "QMAILHOST_TEST_UNSET_KEY is not set in this laptop's environment; export QMAILHOST_TEST_UNSET_KEY=..."),
+    ({"backup_repository": "/srv/restic", "backup_password_file": "GOOD", "backup_environment": ["aws_secret"]}, "backup_environment",
+     "'aws_secret' is not a variable restic reads"),
+    ({"backup_repository": "/srv/restic", "backup_password_file": "GOOD", "backup_environment": ["RESTIC_PASSWORD"]}, "backup_environment", "(qmailhost sets it)"),
+    ({"backup_repository": "/srv/restic", "backup_password_file": "GOOD", "backup_environment": "AWS_ACCESS_KEY_ID"}, "backup_environment",
+     "is not a list of variable names"),
+    ({"backup_repository": None, "backup_environment": ["QMAILHOST_TEST_KEY"]}, "backup_environment",
+     "is set but backup_repository is not"),
 ])
 def test_bad_values_are_one_line_naming_the_setting(tmp_path, data, setting, says):
     files = {"MISSING": tmp_path / "missing", "LOOSE": tmp_path / "loose", "EMPTY": tmp_path / "empty",
-             "DIR": tmp_path}
+             "DIR": tmp_path, "GOOD": tmp_path / "good"}
+    files["GOOD"].write_text(SECRET)
+    files["GOOD"].chmod(0o600)
     files["LOOSE"].write_text(SECRET)
     files["LOOSE"].chmod(0o640)
     files["EMPTY"].write_text("\n")

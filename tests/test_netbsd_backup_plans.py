@@ -86,6 +86,7 @@ def test_the_netbsd_paths_are_pkgsrcs_restic_and_cron():
                                                   run_by="cron")
     assert backup.PATHS["debian"].run_by == "service" and backup.PATHS["debian"].restic == "/usr/bin/restic"
     assert backup.files(NETBSD) == {"password": PASSWORD, "env": ENV, "script": SCRIPT,
+                                    "ssh_key": f"{MINE}/ssh-key", "known_hosts": f"{MINE}/known_hosts",
                                     "status": "/var/lib/qmailhost/backup-status",
                                     "last_ok": "/var/lib/qmailhost/backup-last-ok"}
 
@@ -256,3 +257,19 @@ def test_a_rebuilt_host_whose_repository_holds_its_snapshots_backs_up_only_after
     assert "if [ -f /var/lib/qmailhost/restore-pending ]; then" in uploaded(planned, SCRIPT)
     host.apply(planned)
     assert hold not in [name for name, _ in plan(host, settings(password_file))], "asked on the first deploy only"
+
+
+def test_an_sftp_repository_gets_a_key_made_on_the_host_and_its_line_shown_once(bare, converged, password_file):
+    _, planned = bare
+    names = [name for name, _ in planned]
+    make = "Make the host's SSH key for the sftp repository"
+    show = "Show the line that lets the host's key in on the sftp target"
+    assert names.index(make) < names.index(show) < names.index("Back up with restic when due (cron, every 5 min)")
+    assert dict(planned)[make] == [f"ssh-keygen -q -t ed25519 -N '' -C restic@mail.example.org -f {MINE}/ssh-key"]
+    assert dict(planned)[show][0][:2] == ["call", "_show_key"]
+    script = uploaded(planned, SCRIPT)
+    assert (f"sftp='ssh -i {MINE}/ssh-key -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new "
+            f"-o UserKnownHostsFile={MINE}/known_hosts -o ConnectTimeout=15 bk@nas.example.org -s sftp'") in script
+    assert '"$restic" ${sftp:+-o "sftp.command=$sftp"} "$@"' in script
+    assert converged.files[f"{MINE}/ssh-key"]["mode"] == "600"
+    assert not [name for name, _ in plan(converged.copy(), settings(password_file)) if name in (make, show)]

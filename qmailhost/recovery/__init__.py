@@ -103,6 +103,7 @@ from qmailhost.recovery.restore import (
 from qmailhost.recovery.snapshots import (
     RESTORE_PENDING,
     TAG,
+    WAITED,
     Holding,
     Repository,
     Snapshot,
@@ -135,8 +136,8 @@ __all__ = [
     "open_backup", "pending_messages", "require_deployed", "require_within_parts", "requeue", "restore_files",
     "restore_password_hashes", "restore_roots", "send_files", "verify",
     # snapshots
-    "RESTORE_PENDING", "TAG", "Holding", "Repository", "Snapshot", "choose", "hashes_path", "materialize",
-    "newest_holding", "private_directory", "repository_for", "shown",
+    "RESTORE_PENDING", "WAITED", "TAG", "Holding", "Repository", "Snapshot", "choose", "hashes_path",
+    "materialize", "newest_holding", "private_directory", "repository_for", "shown",
     # trust
     "MODE_CAP", "ROOT_GROUPS", "SERVICE_GROUPS", "SERVICE_OWNERS", "trusted_backup", "vetted",
 ]

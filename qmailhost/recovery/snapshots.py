@@ -59,6 +59,9 @@ TAG = "qmailhost"  # every snapshot the host makes carries it
 # (the first deploy writes this file, restore.py removes it): a snapshot of the bare host would
 # become the newest, and retention would soon forget the ones that hold the mail.
 RESTORE_PENDING = f"{STATE_DIR}/restore-pending"
+# What the held schedule wrote while it waited (its last try, after which it waits before trying
+# again; its "waiting for restore.py" outcome): forgotten with RESTORE_PENDING.
+WAITED = (f"{STATE_DIR}/backup-last-try", f"{STATE_DIR}/backup-status")
 SNAPSHOT_ID = re.compile(r"[0-9a-f]{8,64}")
 _GO_SETUID, _GO_SETGID, _GO_STICKY = 1 << 23, 1 << 22, 1 << 20  # Go's os.FileMode bits (restic ls --json)
 _TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
