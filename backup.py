@@ -1,10 +1,13 @@
 """qmailhost's backup, now.
 
     pyinfra inventory/<site>.py backup.py [--data backup_dir=... --data backup_queue=true]
+    pyinfra inventory/<site>.py backup.py --data backup_prune=true
 
 With backup_repository (the host backs itself up with restic on a schedule: tasks/backup.py),
 one backup runs now, on the host, with the script its schedule runs, and the snapshot it
-saved is reported; nothing else on the host changes.
+saved is reported; nothing else on the host changes. With backup_prune, retention instead:
+forget by backup_keep and prune, from the laptop, through backup_prune_repository (a way
+to the repository that may delete, where backup_repository is an append-only server).
 
 Without it (the laptop format: run from the laptop, nothing on the host changes), what a
 rebuilt host needs and the inventory does not hold is copied into a dated directory on
@@ -26,7 +29,9 @@ from tasks import backup
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
 platform = detect()
-if settings.backup_repository:
+if settings.backup_prune:
+    backup.prune(platform, settings)
+elif settings.backup_repository:
     backup.now(platform, settings)
 else:
     options = recovery.options(settings)

@@ -101,6 +101,8 @@ class Target:
     address: str  # where the laptop reaches the host
     shell: Callable[[str], tuple[bool, str]] = field(repr=False)
     _shell_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # the inventory's data and name for this host (how the laptop reaches it and its backups)
+    inventory: tuple[dict, str] | None = field(default=None, repr=False)
 
     @cached_property
     def listeners(self) -> tuple[Listener, ...]:
@@ -389,7 +391,7 @@ def _callback(settings: Settings, platform: Platform):
             return ok, output.stdout if ok else output.output
 
         address = host.data.get("ssh_hostname") or host.name
-        target = Target(settings, platform, address, shell)
+        target = Target(settings, platform, address, shell, inventory=(host.data.dict(), host.name))
         results = run_checks(target)
         for line in summary_table(f"Status checks of {settings.hostname} (at {address})", results):
             logger.info(line)

@@ -49,7 +49,15 @@ from qmailhost.files import render
 from qmailhost.platform import Platform
 from qmailhost.recovery.backup import hashes_script
 from qmailhost.recovery.parts import backup_parts, part_paths, shell_word
-from qmailhost.recovery.snapshots import RESTORE_PENDING, TAG, absent, hashes_path, newest_snapshot, shown
+from qmailhost.recovery.snapshots import (
+    RESTORE_PENDING,
+    TAG,
+    absent,
+    hashes_path,
+    newest_snapshot,
+    repository_for,
+    shown,
+)
 from qmailhost.settings import Settings, SettingsError
 
 SERVICE = "qmailhost-backup"
@@ -169,6 +177,32 @@ def _password_file(value, values: dict) -> Path | None:
     if not data.strip():
         raise SettingsError("backup_password_file", f"{path} is empty", "write the repository's password into it")
     return path
+
+
+def _prune_now(value, values: dict) -> bool:
+    if value in (None, False):
+        return False
+    if value is not True:
+        raise SettingsError("backup_prune", f"{value!r} is not true or false", "set it to true (backup.py prunes)")
+    repository = values.get("backup_repository")
+    if not repository:
+        raise SettingsError("backup_prune", "backup_repository is not set", "set backup_repository first")
+    if str(repository).startswith("rest:") and not values.get("backup_prune_repository"):
+        raise SettingsError("backup_prune_repository", f"{shown(str(repository))} is a rest: server, which may be "
+                            "append-only (nothing is deleted, and forget still exits 0)",
+                            "set backup_prune_repository to a way that may delete (the same rest-server without "
+                            "--append-only, or sftp: to the repository's path on the server)")
+    return True
+
+
+def _prune_repository(value, values: dict) -> str | None:
+    if value is None:
+        return None
+    try:
+        return _repository(value)
+    except SettingsError:
+        raise SettingsError("backup_prune_repository", f"{shown(str(value))!r} is not a restic repository",
+                            "set it to rest:https://host/path or sftp:user@host:/path (one word)") from None
 
 
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
@@ -337,6 +371,34 @@ def _show_key(state, host, public: str, target: SftpTarget) -> None:
                        f"/.ssh/authorized_keys on {target.host}:\n    restrict {output.stdout.strip()}")
 
 
+@deploy("backup prune")
+def prune(platform: Platform, settings: Settings) -> None:
+    """Retention from the laptop (backup.py with backup_prune): forget by backup_keep and prune,
+    through backup_prune_repository where backup_repository is append-only."""
+    from pyinfra import host
+
+    location = settings.backup_prune_repository or settings.backup_repository
+    repository = repository_for(settings, host.data.dict(), host.name, location)
+    python.call(name=f"Forget by backup_keep and prune, through {repository.name} (restic, from this laptop)",
+                function=_prune, repository=repository, keep=settings.backup_keep)
+
+
+def _prune(repository, keep: dict[str, int]) -> None:
+    before = len(repository.snapshots())
+    args = [f"--keep-{key}={number}" for key, number in keep.items() if number]
+    process = repository.restic("forget", "--tag", TAG, "--host", repository.hostname, "--group-by", "host,tags",
+                                *args, "--prune")
+    _, err = process.communicate()
+    after = len(repository.snapshots())
+    if after == before and any(word in err.decode(errors="replace") for word in ("403", "Forbidden")):
+        raise SettingsError("backup_prune_repository", f"{repository.name} refused to delete (append-only)",
+                            "name a way to the repository that may delete: a rest endpoint without --append-only, "
+                            "or its path on the server over sftp")
+    if process.returncode != 0:
+        repository._refuse(err, "restic forget --prune")
+    logger.info(f"{before - after} of {before} snapshots forgotten ({after} kept by backup_keep), data pruned")
+
+
 def _report_snapshot(state, host, status: str) -> None:
     """(python.call passes STATE and HOST) The status file's snapshot, logged."""
     ok, output = host.run_shell_command(f"cat {status}", print_output=False, **connector_arguments(state, host))
@@ -472,6 +534,12 @@ COMPONENT = Component(
         Setting("backup_every", "24h", _every, "how often the host backs up: a duration from `1m` to `7d`"),
         Setting("backup_keep", dict(DEFAULT_KEEP), _keep,
                 "retention: how many `daily`, `weekly`, `monthly` snapshots to keep (not through rest:)"),
+        Setting("backup_prune", False, _prune_now,
+                "`backup.py` applies retention instead of backing up: forget by `backup_keep` and prune, run from "
+                "the laptop through `backup_prune_repository` (else `backup_repository`)"),
+        Setting("backup_prune_repository", None, _prune_repository,
+                "a way to the repository that may delete, for retention from the laptop when `backup_repository` "
+                "is an append-only `rest:` server: its rest endpoint without `--append-only`, or `sftp:` to its path"),
         Setting("backup_environment", None, _environment,
                 "names of environment variables on the laptop that the host's restic needs, with their values "
                 "(an s3 or b2 key: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `B2_ACCOUNT_ID`, ...); secrets"),

@@ -143,10 +143,10 @@ def _retired(value, values: dict) -> tuple[str, ...]:
 # --- the deploy ------------------------------------------------------------------------------
 
 
-def _held_back(settings: Settings, platform: Platform) -> dict[str, str]:
+def _held_back(settings: Settings, platform: Platform, inventory: tuple[dict, str] | None = None) -> dict[str, str]:
     """Key file -> the newest backup that holds it (restore.py puts it back): a snapshot in
     backup_repository, else a backup directory on this laptop."""
-    newest = recovery.newest_holding(settings, platform)
+    newest = recovery.newest_holding(settings, platform, inventory)
     if newest is None:
         return {}
     return {record.path: newest.label for record in newest.records
@@ -247,7 +247,8 @@ def check_dkim_keys(target):
     output = target.run(f"id -u {SIGNER_USER}; for f in {paths}; do if [ -f \"$f\" ]; then ls -ln \"$f\"; "
                         f"else echo \"absent $f\"; fi; done; [ -x {signer_file} ] || echo 'absent {signer_file}'")
     uid, *lines = output.strip().split("\n")
-    problems, held = [], _held_back(target.settings, target.platform)
+    absent = any(line.startswith("absent ") for line in lines)  # (only then asked: a repository is far)
+    problems, held = [], _held_back(target.settings, target.platform, target.inventory) if absent else {}
     waiting = []  # keys a restore brings back
     for line in lines:
         words = line.split()

@@ -20,7 +20,6 @@ password (the repository's, the rest server's) is in any output.
 from __future__ import annotations
 
 import calendar
-import crypt
 import json
 import os
 import secrets
@@ -31,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import bcrypt  # (paramiko's, under pyinfra)
 import pytest
 
 from harness import images, sandbox
@@ -85,14 +85,14 @@ class World:
 
 def _start_rest_server(vault: sandbox.Host, user: str, password: str) -> None:
     """Debian's restic-rest-server, append-only, behind a bcrypt htpasswd (what it accepts)."""
-    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH)).replace("$2b$", "$2y$", 1)
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode().replace("$2b$", "$2y$", 1)
     vault.ssh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends restic-rest-server "
               ">/tmp/apt-rest.log 2>&1", timeout=600)
     vault.ssh(f"mkdir -p /srv/restic && printf '%s:%s\\n' {user} {shlex.quote(hashed)} > /srv/restic/.htpasswd && "
               f"(setsid nohup /usr/bin/restic-rest-server --path /srv/restic --listen 0.0.0.0:{PORT} --append-only "
               "--log /var/log/rest-server.log </dev/null >/var/log/rest-server.out 2>&1 &)")
     for _ in range(100):
-        if vault.ssh(f"grep -q ':{PORT:04X} .* 0A ' /proc/net/tcp", check=False).returncode == 0:
+        if vault.ssh(f"grep -q ':{PORT:04X} .* 0A ' /proc/net/tcp /proc/net/tcp6", check=False).returncode == 0:
             return
         time.sleep(0.1)
     raise AssertionError("restic-rest-server did not listen: " + vault.ssh("cat /var/log/rest-server.out").stdout)
@@ -342,3 +342,28 @@ def test_an_unreachable_repository_fails_the_deploys_check_in_one_line_naming_it
     assert deploy.returncode != 0 and rows and rows[0].split()[1] == "error", deploy.output[-3000:]
     assert f"backup_repository {shown} cannot be opened from the host" in rows[0] and "refused" in rows[0], rows
     _no_secret(world, deploy.output)
+
+
+def test_retention_runs_from_the_laptop_through_a_way_that_may_delete(by_hand):
+    """Last: it forgets snapshots. Through the append-only endpoint nothing is deleted and the run
+    says so; through the same server without --append-only, backup_keep holds."""
+    world, vault = by_hand, by_hand.vault
+    vault.ssh(f"(setsid nohup /usr/bin/restic-rest-server --path /srv/restic --listen 0.0.0.0:{PORT + 2} "
+              "--log /var/log/rest-server-prune.log </dev/null >/var/log/rest-server-prune.out 2>&1 &)")
+    world.relays.append(Relay(vault.gateway, PORT + 2, vault.address, PORT + 2).start())
+    before = world.snapshots()
+    assert len(before) > 1
+    keep_one = {"backup_prune": True, "backup_keep": {"daily": 1, "weekly": 0, "monthly": 0}}
+    refused = pyinfra(world.host, deploy="backup.py", data={**world.data, **keep_one,
+                                                             "backup_prune_repository": world.repository},
+                      json_output=False, check=False)
+    assert refused.returncode != 0 and "refused to delete (append-only)" in refused.output, refused.output[-2000:]
+    assert len(world.snapshots()) == len(before)
+    deleting = world.repository.replace(f":{PORT}/", f":{PORT + 2}/")
+    pruned = pyinfra(world.host, deploy="backup.py", data={**world.data, **keep_one,
+                                                           "backup_prune_repository": deleting}, json_output=False)
+    assert f"{len(before) - 1} of {len(before)} snapshots forgotten" in pruned.output, pruned.output[-2000:]
+    assert [s["id"] for s in world.snapshots()] == [before[-1]["id"]], "the newest is the one kept"
+    checked = world.restic("check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    _no_secret(world, refused.output, pruned.output)

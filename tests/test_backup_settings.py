@@ -108,6 +108,11 @@ def test_a_partial_keep_takes_the_other_defaults_and_zero_is_allowed():
     ({"backup_repository": "/srv/restic", "backup_password_file": "GOOD", "backup_environment": ["RESTIC_PASSWORD"]}, "backup_environment", "(qmailhost sets it)"),
     ({"backup_repository": "/srv/restic", "backup_password_file": "GOOD", "backup_environment": "AWS_ACCESS_KEY_ID"}, "backup_environment",
      "is not a list of variable names"),
+    ({"backup_prune": True}, "backup_prune", "backup_repository is not set"),
+    ({"backup_repository": "rest:https://u:pw@h/mail", "backup_password_file": "GOOD", "backup_prune": True},
+     "backup_prune_repository", "rest:https://h/mail is a rest: server, which may be append-only"),
+    ({"backup_prune": "yes"}, "backup_prune", "'yes' is not true or false"),
+    ({"backup_prune_repository": "ftp://h/x"}, "backup_prune_repository", "is not a restic repository"),
     ({"backup_repository": None, "backup_environment": ["QMAILHOST_TEST_KEY"]}, "backup_environment",
      "is set but backup_repository is not"),
 ])

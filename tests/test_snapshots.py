@@ -12,6 +12,7 @@ rest server's password is never shown. The end-to-end drill is tests/test_backup
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -164,3 +165,18 @@ def test_a_wrong_password_an_absent_and_an_unreachable_repository_are_told_apart
     message = str(unreached.value)
     assert unreached.value.setting == "backup_repository" and "rest:http://127.0.0.1:9/mail" in message
     assert "connection refused" in message and "hunter2" not in message and "\n" not in message
+
+
+def test_retention_from_the_laptop_forgets_only_this_hosts_tagged_snapshots(made):
+    """backup.py with backup_prune: restic forget --prune by backup_keep, this host's series alone."""
+    from tasks import backup
+
+    def everything() -> list[dict]:
+        return json.loads(_restic(made["path"], made["password"], "snapshots", "--json"))
+
+    others = [s["id"] for s in everything() if s["hostname"] != HOSTNAME or "qmailhost" not in (s.get("tags") or [])]
+    backup._prune(made["repository"], {"daily": 1, "weekly": 0, "monthly": 0})
+    left = everything()
+    assert len([s for s in left if s["id"] not in others]) == 1, "one daily snapshot of this host is kept"
+    assert set(others) <= {s["id"] for s in left}, "another host's and untagged snapshots are never touched"
+    assert _restic(made["path"], made["password"], "check") is not None

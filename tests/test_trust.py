@@ -60,6 +60,7 @@ def test_prediction_on_a_converged_host_is_no_change(host):
 @pytest.mark.slow  # 4 min; in every run: test_mailhost's dry run of a domain change, test_drift's predictions
 def test_prediction_of_a_domain_change_and_a_mode_switch(host):
     domains = {"domains": [DOMAIN, "example.net"]}
+    pyinfra(host)  # converged first: -m slow runs this test without the ones before it
     before = whole_fs(host)
     pyinfra(host, "--dry", "--diff", data=domains)
     assert whole_fs(host) == before

@@ -32,7 +32,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,10 +226,11 @@ def _mode(node: dict) -> str:
 # --- the repository as the laptop reaches it ----------------------------------------------------
 
 
-def repository_for(settings: Settings, data: dict, name: str) -> Repository:
-    """backup_repository from this laptop: a path is a disk of the host, read over sftp through the
-    inventory's SSH connection (DATA, the host's pyinfra data; NAME, the inventory name)."""
-    location = settings.backup_repository
+def repository_for(settings: Settings, data: dict, name: str, location: str | None = None) -> Repository:
+    """backup_repository (or LOCATION, another way to it) from this laptop: a path is a disk of the
+    host, read over sftp through the inventory's SSH connection (DATA, the host's pyinfra data;
+    NAME, the inventory name)."""
+    location = location or settings.backup_repository
     options: tuple[str, ...] = ()
     if location.startswith("/"):
         argv = list(remote_for(data, name).argv)
@@ -314,17 +314,15 @@ class Holding:
     read: Callable[[Record], bytes]
 
 
-_asked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pyinfra host -> its newest snapshot
+_asked: dict[tuple[int, str], tuple[Settings, Holding | None]] = {}  # (settings, repository) -> the newest
 
 
 def newest_snapshot(settings: Settings, platform: Platform, data: dict, name: str) -> Holding | None:
     """The newest snapshot of this host in backup_repository, as a Holding; None when there is
     none yet, or when this laptop cannot read the repository (a warning says so: the deploy
-    cannot tell what a restore would put back). Asked once per run."""
-    from pyinfra.context import ctx_host
-
-    asked = _asked.setdefault(ctx_host.get(), {})
-    if "newest" not in asked:
+    cannot tell what a restore would put back). Asked once per run (per SETTINGS)."""
+    key = (id(settings), settings.backup_repository)
+    if key not in _asked:
         repository = repository_for(settings, data, name)
         try:
             snapshot = choose(repository, None)
@@ -333,20 +331,24 @@ def newest_snapshot(settings: Settings, platform: Platform, data: dict, name: st
                 raise
             logger.warning(f"No snapshot of {settings.hostname} asked: {error}")
             snapshot = None
-        asked["newest"] = None if snapshot is None else Holding(
+        _asked[key] = (settings, None if snapshot is None else Holding(
             f"snapshot {snapshot.short_id} in {repository.name}", records(repository, snapshot, platform),
-            lambda record: repository.read(snapshot, record.path))
-    return asked["newest"]
+            lambda record: repository.read(snapshot, record.path)))
+    return _asked[key][1]
 
 
-def newest_holding(settings: Settings, platform: Platform) -> Holding | None:
+def newest_holding(settings: Settings, platform: Platform, inventory: tuple[dict, str] | None = None
+                   ) -> Holding | None:
     """What a deploy of a bare host asks before making anew what restore.py would put back: the
     newest snapshot in backup_repository, else (none there yet, or no repository) the newest
-    backup directory on this laptop; None when there is neither."""
+    backup directory on this laptop; None when there is neither. INVENTORY: the host's data and
+    name (how a repository on its disk is reached); default: the host pyinfra is deploying."""
     if settings.backup_repository:
-        from pyinfra import host  # the inventory's connection data, for a repository on the host's disk
+        if inventory is None:
+            from pyinfra import host
 
-        holding = newest_snapshot(settings, platform, host.data.dict(), host.name)
+            inventory = (host.data.dict(), host.name)
+        holding = newest_snapshot(settings, platform, *inventory)
         if holding is not None:
             return holding
     newest = newest_backup(settings)
