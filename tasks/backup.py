@@ -473,8 +473,8 @@ def _repository_answers(target, mine: dict) -> tuple[str, str] | None:
         return None
     if "wrong password" in why:
         return ERROR, f"backup_password_file does not open {where} ({why}): put the repository's password in it"
-    if code == "124":
-        why = f"no answer within {PROBE_SECONDS} s"
+    if code == "124":  # restic retries for minutes: what it met so far says why
+        why = f"no answer within {PROBE_SECONDS} s" + (f" ({why})" if why else "")
     let_in = ""
     if sftp and ("denied" in why.lower() or "sftp session" in why.lower()):
         public = one_line(target.run(f"cat {mine['ssh_key']}.pub 2>/dev/null; true").strip())

@@ -344,6 +344,44 @@ def test_an_unreachable_repository_fails_the_deploys_check_in_one_line_naming_it
     _no_secret(world, deploy.output)
 
 
+@pytest.mark.slow  # 20,000 messages: about 10 minutes
+def test_a_large_mailbox_backs_up_and_comes_back_from_a_snapshot(by_hand):
+    """The bench of issue 25: first and unchanged backups of 20,000 messages, the repository's
+    size against the Maildir's, and the drill's restore, all figures printed (-s)."""
+    from tests.test_recovery import _GENERATE
+
+    world, old = by_hand, by_hand.host
+    count = 20_000
+    old.ssh(_GENERATE.format(count=count), timeout=1200)
+    checksum = f"find {MAILDIR} -path '*/tmp' -prune -o -type f -print0 | xargs -0 sha256sum | sort | sha256sum"
+    before = old.ssh(checksum).stdout
+    maildir = int(old.ssh(f"du -sb {MAILDIR} | cut -f1").stdout.split()[0])
+    stored = int(world.vault.ssh("du -sb /srv/restic/mail | cut -f1").stdout.split()[0])
+    started = time.monotonic()
+    pyinfra(old, deploy="backup.py", data=world.data, json_output=False)
+    first = time.monotonic() - started
+    grown = int(world.vault.ssh("du -sb /srv/restic/mail | cut -f1").stdout.split()[0]) - stored
+    started = time.monotonic()
+    pyinfra(old, deploy="backup.py", data=world.data, json_output=False)
+    unchanged = time.monotonic() - started
+
+    sandbox.destroy(old.name)
+    started = time.monotonic()
+    new = world.host = sandbox.create(f"t{os.getpid()}-backup-large")
+    _route_to_vault(new, world.vault)
+    pyinfra(new, data=world.data, check=False)
+    deployed = time.monotonic() - started
+    restore_started = time.monotonic()
+    pyinfra(new, deploy="restore.py", data=world.data, timeout=2400)
+    restored = time.monotonic() - restore_started
+    assert new.ssh(checksum).stdout == before
+    assert int(new.ssh(f"ls {MAILDIR}/cur | wc -l").stdout) >= count
+    _figure(f"large mailbox ({count} messages, Maildir {maildir / 2**20:.0f} MiB): first backup {first:.1f} s "
+            f"(the repository grew {grown / 2**20:.1f} MiB, {grown / maildir:.2f}x the Maildir), unchanged backup "
+            f"{unchanged:.1f} s; drill: bare host deployed in {deployed:.0f} s, restore from the snapshot "
+            f"{restored:.1f} s ({deployed + restored:.0f} s from bare to mail restored)")
+
+
 def test_retention_runs_from_the_laptop_through_a_way_that_may_delete(by_hand):
     """Last: it forgets snapshots. Through the append-only endpoint nothing is deleted and the run
     says so; through the same server without --append-only, backup_keep holds."""
