@@ -51,6 +51,8 @@ OPERATION_NAME = "Check the mail host from outside"
 
 TIMEOUT = 20  # seconds per network step (covers spamdyke's greeting delay)
 SUPERVISION_WAIT = 15  # seconds for services a deploy just enabled to start (svscan scans every 5 s)
+STEADY = 3  # seconds up, with one pid, that make a service steady
+SETTLE = 12  # seconds a young service (just restarted, maybe repaired) gets to become steady
 PARALLEL = 8  # checks at once
 LAPTOP = "qmailhost-verify.invalid"  # our EHLO name: never looked up anywhere
 STRANGER = "qmailhost-verify@example.com"  # a sender from elsewhere
@@ -103,6 +105,8 @@ class Target:
     _shell_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # the inventory's data and name for this host (how the laptop reaches it and its backups)
     inventory: tuple[dict, str] | None = field(default=None, repr=False)
+    _handshake_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _handshakes: dict | None = field(default=None, repr=False)
 
     @cached_property
     def listeners(self) -> tuple[Listener, ...]:
@@ -130,10 +134,30 @@ class Target:
         ports = {self.settings.submission_port, self.settings.submissions_port}
         return tuple(tls_port for tls_port in self.tls_ports if tls_port.port in ports)
 
+    def handshakes(self) -> dict[int, tuple[str, bytes] | Exception]:
+        """Each TLS port's session as a client with no special wishes makes it, side by side and
+        once for all the checks: port -> (TLS version, certificate DER), or what ended it."""
+        with self._handshake_lock:
+            if self._handshakes is None:
+                def hello(tls_port: TlsPort) -> tuple[str, bytes] | Exception:
+                    try:
+                        with self.tls_session(tls_port, tls_context()) as client:
+                            return client.sock.version(), client.sock.getpeercert(binary_form=True)
+                    except SESSION_ERRORS as error:
+                        return error
+
+                ports = list(self.tls_ports)
+                with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
+                    self._handshakes = dict(zip([p.port for p in ports], pool.map(hello, ports), strict=True))
+            return self._handshakes
+
     @cached_property
     def certificate(self) -> bytes:
         """The certificate the submission port offers after STARTTLS (DER)."""
-        with self.submission(tls_context()) as client:
+        found = self.handshakes().get(self.settings.submission_port)
+        if isinstance(found, tuple):
+            return found[1]
+        with self.submission(tls_context()) as client:  # (its session ended: this one says why)
             return client.sock.getpeercert(binary_form=True)
 
     @cached_property
@@ -250,13 +274,19 @@ def check_services_up(target: Target):
     problems = [f"{name} {s['words']}" for name, s in first.items() if not s["up"]]
     if problems:
         return ERROR, "; ".join(problems)
-    young = [name for name, s in first.items() if s["seconds"] is not None and s["seconds"] < 3]
-    if young:
-        time.sleep(3)
+    # A young service may be one a deploy has just repaired, after restarts (a crash loop the
+    # deploy ended): it is judged once it has had SETTLE seconds to stay up; only one that still
+    # restarts then is restarting over and over.
+    young = {name for name, s in first.items() if s["seconds"] is not None and s["seconds"] < STEADY}
+    settle_by = time.monotonic() + SETTLE
+    while young:
+        time.sleep(STEADY)
         again = status()
-        restarting = [name for name in young if again[name]["pid"] != first[name]["pid"]]
-        if restarting:
-            return ERROR, f"restarting over and over: {', '.join(restarting)}"
+        young = {name for name in young if again[name]["pid"] != first[name]["pid"] or not again[name]["up"]
+                 or (again[name]["seconds"] is not None and again[name]["seconds"] < STEADY)}
+        if young and time.monotonic() >= settle_by:
+            return ERROR, f"restarting over and over: {', '.join(sorted(young))}"
+        first = {**first, **{name: again[name] for name in young}}
     running = ", ".join(f"{listener.name} " + (age(first[listener.name]["seconds"])
                                                 if first[listener.name]["seconds"] is not None
                                                 else f"pid {first[listener.name]['pid']}")

@@ -61,6 +61,7 @@ from qmailhost.recovery.snapshots import (
 from qmailhost.settings import Settings, SettingsError
 
 SERVICE = "qmailhost-backup"
+SEND_SERVICE = "qmail-send"  # stopped while the queue is copied (backup_queue)
 CRON_NAME = "qmailhost: back up with restic"  # how pyinfra finds the crontab line again
 STATE_DIR = "/var/lib/qmailhost"
 POLL = 5 * 60  # at most this long between two looks at whether a backup is due (seconds)
@@ -294,14 +295,16 @@ def sftp_command(platform: Platform, settings: Settings) -> str | None:
 
 
 def script(platform: Platform, settings: Settings) -> str:
-    mine, paths = files(platform), PATHS[platform.name]
+    mine, paths, backend = files(platform), PATHS[platform.name], services.backend(platform)
     forget = [f"--keep-{key} {number}" for key, number in settings.backup_keep.items() if number]
     return render("backup/backup.sh.j2", dir=own_dir(platform), mine=mine, state_dir=STATE_DIR, pending=RESTORE_PENDING,
                   restic=paths.restic, every=settings.backup_every, retry=min(settings.backup_every, RETRY),
                   check_every=CHECK_EVERY, tag=TAG, hostname=shlex.quote(settings.hostname),
                   words=" ".join(backup_words(platform, settings)), hashes_file=shlex.quote(hashes_path(platform)),
                   hashes=hashes_script([a.name for a in settings.accounts], platform.shell),
-                  sftp=shlex.quote(sftp_command(platform, settings) or ""),
+                  sftp=shlex.quote(sftp_command(platform, settings) or ""), queue=settings.backup_queue,
+                  queue_dir=f"{platform.qmail_home}/queue", pause=backend.pause_command(platform, SEND_SERVICE),
+                  resume=backend.resume_command(platform, SEND_SERVICE),
                   forget=" ".join(forget) if retention_applies(settings.backup_repository) else None)
 
 

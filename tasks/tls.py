@@ -25,6 +25,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,9 @@ from qmailhost.registry import components
 from qmailhost.settings import Settings, SettingsError
 
 CERT_WARN_DAYS, CERT_ERROR_DAYS = 21, 7
+# The policy probes at once, across ports: a few, so that with the other checks the laptop stays
+# under the per-address connection caps (tasks/limits.py).
+PROBES_AT_ONCE = 3
 KEY_GROUP = "qmailtls"  # the group that may read the key besides root: spamdyke's on port 25
 KEY_MODE = "640"
 
@@ -333,43 +337,53 @@ def check_tls_policy(target):
         probes += [("a CBC suite", _offer(ssl.TLSVersion.TLSv1_2, CBC_SUITES)),
                    ("static RSA (no forward secrecy)", _offer(ssl.TLSVersion.TLSv1_2, STATIC_RSA_SUITES))]
     problems, served, unprobed = [], [], set()
+    handshakes = target.handshakes()
+    ready = [tls_port for tls_port in target.tls_ports if isinstance(handshakes[tls_port.port], tuple)]
+    jobs = [(tls_port, what, context) for tls_port in ready for what, context in probes]
+    with ThreadPoolExecutor(max_workers=PROBES_AT_ONCE) as pool:  # (port 25 answers each after 0.5 s)
+        results = list(pool.map(lambda job: _probe(target, *job), jobs))
     for tls_port in target.tls_ports:
-        try:
-            with target.tls_session(tls_port, tls_context()) as client:
-                version = client.sock.version()
-        except SESSION_ERRORS as error:
-            problems.append(f"port {tls_port.port} ({tls_port.role}) gives no TLS session: {one_line(str(error))}")
+        found = handshakes[tls_port.port]
+        if not isinstance(found, tuple):
+            problems.append(f"port {tls_port.port} ({tls_port.role}) gives no TLS session: {one_line(str(found))}")
             continue
         agreed = []
-        for what, context in probes:
-            try:
-                result = _refused(target, tls_port, context)
-            except _CannotOffer:
-                unprobed.add(what)
+        for (port, what, _), result in zip(jobs, results, strict=True):
+            if port is not tls_port:
                 continue
-            if result is not None:
+            if result is _CannotOffer:
+                unprobed.add(what)
+            elif result is not None:
                 agreed.append(f"{what} ({result})")
         if agreed:
             problems.append(f"port {tls_port.port} accepts " + ", ".join(agreed))
-        served.append(f"{tls_port.port} {version}")
+        served.append(f"{tls_port.port} {found[0]}")
     if problems:
         return ERROR, "; ".join(problems)
     note = f" (this laptop's OpenSSL cannot offer {', '.join(sorted(unprobed))}: not probed)" if unprobed else ""
     return OK, f"policy {wanted.name} on {', '.join(served)}{note}"
 
 
+def _probe(target, tls_port, what: str, context) -> str | None | type[_CannotOffer]:
+    try:
+        return _refused(target, tls_port, context)
+    except _CannotOffer:
+        return _CannotOffer
+
+
 def check_one_certificate(target):
     """Every TLS port serves the certificate the submission port serves."""
-    different = []
+    different, handshakes = [], target.handshakes()
     for tls_port in target.tls_ports:
-        with target.tls_session(tls_port, tls_context()) as client:
-            if client.sock.getpeercert(binary_form=True) != target.certificate:
-                different.append(str(tls_port.port))
+        found = handshakes[tls_port.port]
+        if not isinstance(found, tuple):
+            raise Failed(f"port {tls_port.port} ({tls_port.role}) gives no TLS session: {one_line(str(found))}")
+        if found[1] != target.certificate:
+            different.append(str(tls_port.port))
     if different:
         return ERROR, f"port {', '.join(different)} serves another certificate than port " \
                       f"{target.settings.submission_port}"
     return OK, f"the same certificate on {', '.join(str(p.port) for p in target.tls_ports)}"
-
 
 
 def check_certificate_name(target):

@@ -10,9 +10,10 @@ checks the repository. The host cannot delete a snapshot there (403), and its sc
 tries. A backup killed halfway leaves a repository the next run completes and `restic check`
 finds clean. backup.py backs up now and names the snapshot. The drill: the disk dies, a
 bare host is deployed (it makes no DKIM key of its own and holds its backups for the
-restore), restore.py puts back an older snapshot by its ID and then the newest: Maildir
-(names with their flags, modes, owners, mtimes, bytes), DKIM key, TLS pair and password
-hash are those of the lost host, and new mail flows. A wrong password and an unreachable
+restore), restore.py puts back the newest snapshot: Maildir (names with their flags, modes,
+owners, mtimes, bytes), DKIM key, TLS pair and password hash are those of the lost host, the
+pending message (backup_queue) is queued again, new mail flows; then an older snapshot by its
+ID brings back what it holds. A wrong password and an unreachable
 repository are each an error of the deploy's check in one line naming the setting. No
 password (the repository's, the rest server's) is in any output.
 """
@@ -36,6 +37,7 @@ import pytest
 from harness import images, sandbox
 from harness.peer import Relay
 from harness.pyinfra_cli import Run, pyinfra
+from tests.test_recovery import _queue_a_pending_message
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 
@@ -223,8 +225,9 @@ def test_a_converged_host_changes_nothing_and_its_check_reads_the_last_run(world
 
 @pytest.fixture(scope="module")
 def by_hand(world):
-    """From here on, backups run when a test says: backup_every 7d (the next scheduled one is a week off)."""
-    world.data = {**world.data, "backup_every": "7d"}
+    """From here on, backups run when a test says: backup_every 7d (the next scheduled one is a week
+    off); and they carry the queue (backup_queue)."""
+    world.data = {**world.data, "backup_every": "7d", "backup_queue": True}
     pyinfra(world.host, data=world.data)
     return world
 
@@ -274,6 +277,8 @@ def _keys(host) -> str:
 
 def test_the_drill_from_a_snapshot_then_an_older_one_by_its_id(by_hand):
     world, old = by_hand, by_hand.host
+    pending = f"pending {uuid.uuid4().hex}"
+    _queue_a_pending_message(old, pending)
     seen = _deliver(old, f"flagged {uuid.uuid4().hex}")
     old.ssh(f"mv {MAILDIR}/new/{seen} {MAILDIR}/cur/{seen}:2,S")  # read, as a client marks it
     older = pyinfra(old, deploy="backup.py", data=world.data, json_output=False)
@@ -305,6 +310,8 @@ def test_the_drill_from_a_snapshot_then_an_older_one_by_its_id(by_hand):
     drill = time.monotonic() - started
     assert "Let scheduled backups run again (the restore is done)" in restored.changed()
     assert _maildir(new) == mail
+    queue = new.ssh(f"/var/qmail/bin/qmail-qread; grep -rl 'Subject: {pending}' /var/qmail/queue/mess").stdout
+    assert "someone@unreachable.example.net" in queue and "/var/qmail/queue/mess/" in queue, "requeued once"
     assert _keys(new) == keys
     assert pyinfra(new, deploy="restore.py", data=world.data).changed() == []
     assert pyinfra(new, data=checked, json_output=False).returncode == 0, "every check is ok again"

@@ -252,14 +252,20 @@ exit 0
 """
 
 
-def run_script(tmp_path, repository="/srv/restic", every="24h", *args, env=None):
-    """The rendered script, its paths moved under TMP_PATH, run once; (calls to restic, status file)."""
+def run_script(tmp_path, repository="/srv/restic", every="24h", *args, env=None, **more):
+    """The rendered script, its paths moved under TMP_PATH, run once; (calls to restic, status file).
+    Stand-ins: restic (FAKE_RESTIC), and svok, svc and svstat that log what they are asked."""
     platform = debian("13")
     password = tmp_path / "pw"
     password.write_text("x")
     password.chmod(0o600)
-    settings = parse(backup_repository=repository, backup_password_file=str(password), backup_every=every)
+    settings = parse(backup_repository=repository, backup_password_file=str(password), backup_every=every, **more)
     root = tmp_path / "root"
+    tools = tmp_path / "bin"
+    tools.mkdir(exist_ok=True)
+    for tool, says in (("svok", ""), ("svc", ""), ("svstat", 'echo "$1: down 1 seconds"')):
+        (tools / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "$CALLS"\n{says}\n')
+        (tools / tool).chmod(0o755)
     maildir = root / "home/alice/Maildir"
     for folder in ("cur", "new", "tmp", ".Sent/tmp"):
         (maildir / folder).mkdir(parents=True, exist_ok=True)
@@ -267,14 +273,15 @@ def run_script(tmp_path, repository="/srv/restic", every="24h", *args, env=None)
     (tmp_path / "restic").chmod(0o755)
     text = backup.script(platform, settings).replace("~alice/Maildir", str(maildir)).replace("/usr/bin/restic",
                                                                                                str(tmp_path / "restic"))
-    for prefix in ("/etc/qmailhost", "/var/lib/qmailhost"):
+    for prefix in ("/etc/qmailhost", "/var/lib/qmailhost", "/var/qmail"):
         text = text.replace(prefix, f"{root}{prefix}")
     mine = f"{root}/etc/qmailhost/backup"
     os.makedirs(mine, exist_ok=True)
     (tmp_path / "script").write_text(text)
     with open(f"{mine}/env", "w") as handle:
         handle.write(f"RESTIC_CACHE_DIR={tmp_path}/cache; export RESTIC_CACHE_DIR\n")
-    environment = {"PATH": os.environ["PATH"], "CALLS": str(tmp_path / "calls"), "REPO": str(tmp_path / "repo"),
+    environment = {"PATH": f"{tools}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+                   "REPO": str(tmp_path / "repo"),
                    **(env or {})}
     result = subprocess.run(["sh", str(tmp_path / "script"), *args], capture_output=True, text=True, env=environment)
     calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
@@ -305,6 +312,24 @@ def test_the_script_makes_the_repository_backs_up_forgets_checks_and_records(tmp
     # run by hand it backs up now, no init (the repository is there), no second check today
     _, calls, _, _ = run_script(tmp_path)
     assert calls[len(again):] == ["cat config", "unlock", calls[3], calls[4]]
+
+
+def test_with_backup_queue_the_queue_is_copied_while_qmail_send_is_stopped(tmp_path):
+    queue = tmp_path / "root/var/qmail/queue"
+    for part in ("mess", "info", "local", "remote", "todo"):
+        (queue / part / "0").mkdir(parents=True)
+    (queue / "mess/0/4242").write_text("Subject: pending\n\nbody\n")
+    (queue / "info/0/4242").write_bytes(b"Fa@example.org\0")
+    result, calls, status, root = run_script(tmp_path, backup_queue=True)
+    assert result.returncode == 0, result.stderr
+    copy = root / "etc/qmailhost/backup/queue"
+    assert (copy / "mess/0/4242").read_text() == "Subject: pending\n\nbody\n"
+    assert (copy / "info/0/4242").read_bytes() == b"Fa@example.org\0"
+    stop = calls.index("svc -d /etc/service/qmail-send")
+    assert calls[stop + 1].startswith("svstat") and "svc -u /etc/service/qmail-send" in calls[stop:], calls
+    assert calls.index("svc -u /etc/service/qmail-send") < next(i for i, c in enumerate(calls) if c.startswith(
+        "backup ")), "qmail-send runs again before restic reads anything"
+    assert str(copy) in (root / "etc/qmailhost/backup/paths").read_text().splitlines()
 
 
 def test_a_rest_repository_is_never_told_to_forget(tmp_path):

@@ -273,3 +273,14 @@ def test_an_sftp_repository_gets_a_key_made_on_the_host_and_its_line_shown_once(
     assert '"$restic" ${sftp:+-o "sftp.command=$sftp"} "$@"' in script
     assert converged.files[f"{MINE}/ssh-key"]["mode"] == "600"
     assert not [name for name, _ in plan(converged.copy(), settings(password_file)) if name in (make, show)]
+
+
+def test_with_backup_queue_netbsd_stops_qmail_send_through_rc_d_for_the_copy(password_file):
+    parsed = backup.Settings.from_host_data(settings(password_file, backup_queue=True),
+                                            inventory_name="mail.example.org")
+    script = backup.script(NETBSD, parsed)
+    assert ("if /etc/rc.d/qmailsend onestatus >/dev/null 2>&1; then /etc/rc.d/qmailsend onestop; fi || "
+            "fail ") in script
+    assert "trap '[ -z \"$paused\" ] || { /etc/rc.d/qmailsend onestatus >/dev/null 2>&1 || /etc/rc.d/qmailsend start; }" \
+        in script, "started again however the run ends"
+    assert "( cd /var/qmail/queue && cp -Rp mess info local remote todo \"$copy.new\"/ )" in script

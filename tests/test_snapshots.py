@@ -64,7 +64,14 @@ def made(tmp_path, monkeypatch):
     hashes.parent.mkdir(parents=True)
     hashes.write_text(HASHES)
     monkeypatch.setattr(snapshots, "hashes_path", lambda platform: str(hashes))
-    tops = [str(maildir), str(hashes)]
+    queue = root / "etc/qmailhost/backup/queue"  # the script's copy of the queue (backup_queue)
+    for part, data in (("mess", b"Subject: waiting\r\n\r\nfor bob\r\n"), ("info", b"Fbounce@example.org\0"),
+                       ("remote", b"Tbob@peer.test\0Dcarol@peer.test\0")):
+        (queue / part / "3").mkdir(parents=True)
+        (queue / part / "3" / "170001").write_bytes(data)
+    (queue / "mess/3/170002").write_bytes(b"no info yet: still being queued")
+    monkeypatch.setattr(snapshots, "queue_copy", lambda platform: str(queue))
+    tops = [str(maildir), str(hashes), str(queue)]
     excludes = ["--exclude", str(maildir / "tmp")]
     _restic(repository, password, "backup", "--tag", "qmailhost", "--host", HOSTNAME, *excludes, *tops)
     fresh = maildir / "new/1700000001.M2P2.mail"
@@ -116,6 +123,12 @@ def test_a_snapshot_written_out_is_a_backup_directory_that_says_exactly_what_its
     assert str(made["maildir"]) in dirs and str(made["root"]) not in dirs, "no parent of the backed-up paths"
     shadow = next(r for r in records if r.kind == "shadow")
     assert (out / shadow.stored).read_text() == HASHES
+    # the queue's copy: one pending message (the other had no envelope yet), none of its files a host file
+    assert not [r for r in records if "/backup/queue" in r.path]
+    message = next(r for r in records if r.kind == "message")
+    assert (out / message.stored).read_bytes() == b"Subject: waiting\r\n\r\nfor bob\r\n"
+    assert (out / message.envelope).read_bytes() == b"Fbounce@example.org\0Tbob@peer.test\0\0", "carol is done"
+    assert len([r for r in records if r.kind == "message"]) == 1
 
 
 def test_an_older_snapshot_lacks_what_came_later(made, tmp_path):

@@ -161,6 +161,19 @@ def restart_command(platform: Platform, name: str) -> str:
     return _svc(f"{platform.service_dir}/{name}", "t")
 
 
+def pause_command(platform: Platform, name: str, seconds: int = 60) -> str:
+    """The command stopping service NAME (if it runs) and waiting until it is down, at most
+    SECONDS; it fails if the service is still up then (for the backup's copy of the queue)."""
+    link = f"{platform.service_dir}/{name}"
+    return (f"if svok {link} 2>/dev/null; then svc -d {link}; i=0; while [ $i -lt {seconds} ] && "
+            f"svstat {link} | grep -q ': up'; do sleep 1; i=$((i + 1)); done; ! svstat {link} | grep -q ': up'; fi")
+
+
+def resume_command(platform: Platform, name: str) -> str:
+    """The command starting service NAME again after pause_command."""
+    return f"if svok {platform.service_dir}/{name} 2>/dev/null; then svc -u {platform.service_dir}/{name}; fi"
+
+
 def reload_stamp(name: str) -> str:
     """The stamp that records what service NAME was last reloaded (HUP) with."""
     return f"service-{name}-h"

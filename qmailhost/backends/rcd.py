@@ -179,6 +179,19 @@ def restart_command(platform: Platform, name: str) -> str:
     return f"if {script} onestatus >/dev/null 2>&1; then {script} restart; fi"
 
 
+def pause_command(platform: Platform, name: str, seconds: int = 60) -> str:
+    """The command stopping service NAME if it runs (rc.d's stop waits for it to end); true when
+    it does not run (for the backup's copy of the queue)."""
+    script = f"{platform.rcd_dir}/{rcd_name(name)}"
+    return f"if {script} onestatus >/dev/null 2>&1; then {script} onestop; fi"
+
+
+def resume_command(platform: Platform, name: str) -> str:
+    """The command starting service NAME again after pause_command (if it is enabled)."""
+    script = f"{platform.rcd_dir}/{rcd_name(name)}"
+    return f"{script} onestatus >/dev/null 2>&1 || {script} start"
+
+
 def reload_stamp(name: str) -> str:
     """The stamp that records what service NAME was last reloaded with."""
     return f"service-{rcd_name(name)}-h"

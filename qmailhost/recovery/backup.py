@@ -294,7 +294,7 @@ def _save_queue(plan: BackupPlan, partial: Path) -> list[Record]:
     stored = []
     for number, incoming in messages.items():
         envelope = envelope_of(queue.get(number, {}))
-        stored += _keep_queued(partial, number, incoming, envelope) if envelope else []
+        stored += keep_queued(partial, number, incoming, envelope) if envelope else []
         incoming.unlink(missing_ok=True)
     return stored
 
@@ -317,7 +317,7 @@ def envelope_of(parts: dict[str, bytes]) -> bytes | None:
     return b"".join(f + b"\0" for f in [senders[0], *recipients]) + b"\0"
 
 
-def _keep_queued(partial: Path, number: str, incoming: Path, envelope: bytes) -> list[Record]:
+def keep_queued(partial: Path, number: str, incoming: Path, envelope: bytes) -> list[Record]:
     """Keep one pending message; its id (queue number, envelope, content) makes requeueing once-only."""
     message_sha = sha256_file(incoming)
     ident = hashlib.sha256(f"{number}\0{message_sha}\0".encode() + envelope).hexdigest()[:32]

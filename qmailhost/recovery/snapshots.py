@@ -10,7 +10,9 @@ owner's password file (``backup_password_file``) and the restic the laptop has:
 - materialize: a snapshot written out as a backup directory of the laptop format
   (manifest.json with every file's sha256, files/, shadow), private, in a temporary
   directory removed when the run ends, so open_backup verifies and vets it like any other
-  backup: nothing from a repository is trusted more than a backup directory.
+  backup: nothing from a repository is trusted more than a backup directory. The queue's
+  copy (backup_queue) becomes its pending messages with their envelopes, as the laptop
+  format keeps them.
 
 A repository that is a path names a disk of the host: the laptop reads it over sftp through
 the inventory's own SSH connection (``restic -o sftp.command=...``). A repository string may
@@ -40,6 +42,7 @@ from pyinfra import logger
 
 from qmailhost.facts import STATE_DIR
 from qmailhost.platform import Platform
+from qmailhost.recovery.backup import envelope_of, keep_queued
 from qmailhost.recovery.common import RecoveryError
 from qmailhost.recovery.manifest import (
     FORMAT,
@@ -73,6 +76,11 @@ _WRONG_PASSWORD = "wrong password or no key found"
 def hashes_path(platform: Platform) -> str:
     """Where the host's backup script keeps the accounts' "name:hash" lines for restic to carry."""
     return f"{platform.config_dir}/backup/account-hashes"
+
+
+def queue_copy(platform: Platform) -> str:
+    """Where the host's backup script copies the queue (backup_queue) for restic to carry."""
+    return f"{platform.config_dir}/backup/queue"
 
 
 def shown(location: str) -> str:
@@ -260,22 +268,32 @@ def choose(repository: Repository, wanted: str | None) -> Snapshot | None:
 
 def records(repository: Repository, snapshot: Snapshot, platform: Platform) -> list[Record]:
     """The snapshot's files and directories (no content, no sums): what a bare deploy asks."""
-    hashes = hashes_path(platform)
+    ours = (hashes_path(platform), queue_copy(platform))
     return [Record(kind="dir" if node["type"] == "dir" else "file", path=path, size=int(node.get("size", 0)),
                    mtime_ns=_ns(node["mtime"]), mode=_mode(node))
-            for path, node in repository.nodes(snapshot).items() if node["type"] in ("dir", "file") and path != hashes]
+            for path, node in repository.nodes(snapshot).items()
+            if node["type"] in ("dir", "file") and not any(path == p or path.startswith(p + "/") for p in ours)]
 
 
 def materialize(repository: Repository, snapshot: Snapshot, platform: Platform, directory: Path) -> Path:
     """SNAPSHOT written into DIRECTORY as a backup of the laptop format (restore.open_backup reads it)."""
-    nodes, hashes = repository.nodes(snapshot), hashes_path(platform)
-    kept, shadow = [], b""
+    nodes, hashes, queue = repository.nodes(snapshot), hashes_path(platform), queue_copy(platform) + "/"
+    kept, shadow, queued, pending = [], b"", {}, {}
     with repository.archive(snapshot) as archive:
         for member in archive:
             path = "/" + member.name.strip("/")
             node = nodes.get(path)
             if node is None:
                 continue  # a parent of the snapshot's paths: not the host's data
+            if path.startswith(queue) or path + "/" == queue:  # the queue's copy: pending messages
+                if member.isfile() and path.count("/") > queue.count("/"):
+                    part, number = path[len(queue):].split("/", 1)[0], path.rsplit("/", 1)[1]
+                    if part == "mess":
+                        pending[number] = directory / "queue" / f"incoming-{number}"
+                        _store(archive.extractfile(member), pending[number])
+                    elif part in ("info", "local", "remote", "todo"):
+                        queued.setdefault(number, {})[part] = archive.extractfile(member).read()
+                continue
             common = {"path": path, "mtime_ns": _ns(node["mtime"]), "mode": format(member.mode & 0o7777, "o"),
                       "owner": member.uname or str(member.uid), "group": member.gname or str(member.gid)}
             if member.isdir():
@@ -286,6 +304,10 @@ def materialize(repository: Repository, snapshot: Snapshot, platform: Platform, 
                 stored = stored_path(path)
                 sha256, size = _store(archive.extractfile(member), directory / stored)
                 kept.append(Record(kind="file", stored=stored, size=size, sha256=sha256, **common))
+    for number, incoming in pending.items():
+        envelope = envelope_of(queued.get(number, {}))
+        kept += keep_queued(directory, number, incoming, envelope) if envelope else []
+        incoming.unlink(missing_ok=True)
     accounts = [line.split(b":", 1)[0].decode(errors="replace") for line in shadow.splitlines() if b":" in line]
     header = {"format": FORMAT, "hostname": snapshot.hostname, "accounts": accounts, "created": snapshot.time,
               "snapshot": snapshot.id, "repository": repository.name}
