@@ -466,9 +466,11 @@ def _repository_answers(target, mine: dict) -> tuple[str, str] | None:
                         f"out=$(timeout {PROBE_SECONDS} {restic} ${{sftp:+-o \"sftp.command=$sftp\"}} cat config "
                         "2>&1 >/dev/null); rc=$?; "
                         "printf 'probe\\t%s\\t%s\\n' \"$rc\" \"$(printf '%s\\n' \"$out\" | grep -m1 'Fatal:' || "
-                        "printf '%s\\n' \"$out\" | grep . | tail -1)\"")
+                        "printf '%s\\n' \"$out\" | grep . | tail -1)\"; "
+                        "printf 'retried\\t%s\\n' \"$(printf '%s\\n' \"$out\" | grep 'retrying' | tail -1)\"")
     fields = _field(output, "probe").split("\t", 1)
     code, why = fields[0], one_line(fields[1] if len(fields) > 1 else "")
+    retried = one_line(_field(output, "retried"))  # restic's last retry: what it met (connection refused, ...)
     where = shown(target.settings.backup_repository)
     if code == "noenv":
         return ERROR, f"{mine['env']} cannot be read: deploy again"
@@ -477,7 +479,8 @@ def _repository_answers(target, mine: dict) -> tuple[str, str] | None:
     if "wrong password" in why:
         return ERROR, f"backup_password_file does not open {where} ({why}): put the repository's password in it"
     if code == "124":  # restic retries for minutes: what it met so far says why
-        why = f"no answer within {PROBE_SECONDS} s" + (f" ({why})" if why else "")
+        met = retried.split(": ", 1)[-1] if retried else why
+        why = f"no answer within {PROBE_SECONDS} s" + (f" ({met[-200:]})" if met else "")
     let_in = ""
     if sftp and ("denied" in why.lower() or "sftp session" in why.lower()):
         public = one_line(target.run(f"cat {mine['ssh_key']}.pub 2>/dev/null; true").strip())
@@ -537,12 +540,12 @@ COMPONENT = Component(
         Setting("backup_every", "24h", _every, "how often the host backs up: a duration from `1m` to `7d`"),
         Setting("backup_keep", dict(DEFAULT_KEEP), _keep,
                 "retention: how many `daily`, `weekly`, `monthly` snapshots to keep (not through rest:)"),
-        Setting("backup_prune", False, _prune_now,
-                "`backup.py` applies retention instead of backing up: forget by `backup_keep` and prune, run from "
-                "the laptop through `backup_prune_repository` (else `backup_repository`)"),
         Setting("backup_prune_repository", None, _prune_repository,
                 "a way to the repository that may delete, for retention from the laptop when `backup_repository` "
                 "is an append-only `rest:` server: its rest endpoint without `--append-only`, or `sftp:` to its path"),
+        Setting("backup_prune", False, _prune_now,
+                "`backup.py` applies retention instead of backing up: forget by `backup_keep` and prune, run from "
+                "the laptop through `backup_prune_repository` (else `backup_repository`)"),
         Setting("backup_environment", None, _environment,
                 "names of environment variables on the laptop that the host's restic needs, with their values "
                 "(an s3 or b2 key: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `B2_ACCOUNT_ID`, ...); secrets"),

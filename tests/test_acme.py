@@ -234,6 +234,7 @@ def test_a_hand_replaced_pair_is_put_back_by_the_next_deploy(ca):
     assert served(host, root) == served_before
 
 
+@pytest.mark.slow  # 2 min; in every run, tests/test_backup.py's drill brings the TLS pair back from a snapshot
 def test_the_drill_restores_the_same_certificate_without_a_new_order(ca):
     old, pebble, data = ca["host"], ca["pebble"], ca["data"]
     certificate = host_certificate(old)

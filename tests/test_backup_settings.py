@@ -70,6 +70,12 @@ def test_the_environment_named_goes_into_the_hosts_env_file_and_nowhere_else(mon
     assert "AKIDEXAMPLE" not in backup.script(debian("13"), settings)
 
 
+def test_retention_through_an_append_only_server_takes_a_way_that_may_delete(password_file):
+    settings = parse(backup_repository="rest:https://u:pw@vault/mail/", backup_password_file=str(password_file),
+                     backup_prune=True, backup_prune_repository="rest:https://pruner:pw@vault:8002/mail/")
+    assert settings.backup_prune and settings.backup_prune_repository == "rest:https://pruner:pw@vault:8002/mail/"
+
+
 def test_a_partial_keep_takes_the_other_defaults_and_zero_is_allowed():
     assert parse(backup_keep={"daily": 3, "weekly": 0}).backup_keep == {"daily": 3, "weekly": 0, "monthly": 12}
 

@@ -126,14 +126,7 @@ def interrupted_deploy_recovers(host: sandbox.Host, after_seconds: float) -> Non
     assert pyinfra(host).changed() == []
 
 
-def test_an_interrupted_deploy_recovers(make_host, sources):
-    """One point in CI (during the builds); the full sweep of ten, the package installs
-    included, is test_interruption_sweep (-m slow)."""
-    after_seconds = 30
-    interrupted_deploy_recovers(make_host(), after_seconds)
-
-
-@pytest.mark.slow
+@pytest.mark.slow  # 15 min; in every run, test_backup's killed backup and test_recovery's checked restores
 @pytest.mark.parametrize("point", range(10))
 def test_interruption_sweep(make_host, sources, point):
     """Ten points spread over a deploy from bare (about 50 s on the CI machine): 3 s to 41 s."""

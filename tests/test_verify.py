@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -217,6 +218,21 @@ def test_the_checks_at_the_end_of_a_deploy_see_what_its_operations_did(deployed,
         assert checks.OPERATION_NAME not in off.output
     finally:
         host.ssh("rm -f /etc/tmdarc")
+
+
+def test_a_crash_loop_that_a_deploy_repairs_passes_the_deploys_own_check(deployed):
+    """Issue 26: stunnel given an invalid option by hand restarts over and over; the deploy puts
+    its config back and restarts it, and its own services_up waits for it to settle."""
+    host, _ = deployed
+    host.ssh("echo 'no_such_option = yes' >> /etc/qmailhost/stunnel.conf && svc -t /etc/service/stunnel")
+    pids, deadline = set(), time.monotonic() + 30
+    while len(pids) < 3:  # three different pids: restarting over and over
+        assert time.monotonic() < deadline, f"stunnel did not crash-loop: {pids}"
+        pids.add(host.ssh("svstat /etc/service/stunnel").stdout.split("pid ")[-1].split(")")[0])
+        time.sleep(0.5)
+    run = pyinfra(host, data={}, json_output=False, check=False)
+    rows = [line.strip() for line in run.output.splitlines() if line.strip().startswith("services_up")]
+    assert run.returncode == 0 and rows and rows[0].split()[1] == "ok", run.output[-3000:]
 
 
 # --- the checks' settings ---------------------------------------------------------------
