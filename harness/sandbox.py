@@ -10,7 +10,9 @@ Each host is a real Debian 13 (trixie, default) or 12 (bookworm) userland:
   /30 per host), so 127.0.0.1 services on the target are unreachable from here;
 - its own PID, mount, UTS and IPC namespaces with sshd as PID 1;
 - a small TCP relay on the host side of the veth to the Debian mirror, the only
-  way out of the namespace (apt works, nothing else leaves).
+  way out of the namespace (apt works, nothing else leaves);
+- freeze: a host switched off, what its disk gained kept as a layer later hosts start
+  from (harness/images.py's deployed images).
 
 State lives in /run/qmailhost-sandbox/NAME.json. Hosts whose owning process is
 gone are reaped at the next create, as are resources no state file claims.

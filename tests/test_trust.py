@@ -65,8 +65,8 @@ def test_prediction_of_a_domain_change_and_a_mode_switch(host):
     pyinfra(host, "--dry", "--diff", data=domains)
     assert whole_fs(host) == before
     assert sorted(predict_then_apply(host, domains)) == [  # the new domain gets its DKIM key, read per message
-        "Make the DKIM rsa key mail for example.net", "Reload qmail-send", "Write control/locals",
-        "Write control/rcpthosts", "Write the DKIM signing table"]
+        "Make the DKIM rsa key mail for example.net", "Reload qmail-send", "Write /etc/qmailhost/senders.json",
+        "Write control/locals", "Write control/rcpthosts", "Write the DKIM signing table"]  # (and senders its names)
     switched = predict_then_apply(host, {**domains, "submission": "spamdyke"})
     assert "Restart qmail-ofmipd" in switched and "Write the run script of qmail-ofmipd" in switched
     assert predict_then_apply(host) != []  # back to the inventory's settings
