@@ -515,7 +515,7 @@ class NetBSDHost:
                 for store in (self.files, self.contents, self.tree):
                     store.pop(path, None)
         elif m := re.fullmatch(r"ssh-keygen -q -t ed25519 -N '' -C (\S+) -f (\S+)", command):  # base's ssh-keygen
-            self._write(m[2], "-----BEGIN OPENSSH PRIVATE KEY-----\n(model)\n", "600", "root", "wheel")
+            self._write(m[2], "(the model host's private half, never a real key)\n", "600", "root", "wheel")
             self._write(f"{m[2]}.pub", f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAImodel {m[1]}\n", "644", "root", "wheel")
         elif m := re.fullmatch(_DKNEWKEY, command):
             self._dknewkey(m)

@@ -398,7 +398,7 @@ def _prune(repository, keep: dict[str, int]) -> None:
                             "name a way to the repository that may delete: a rest endpoint without --append-only, "
                             "or its path on the server over sftp")
     if process.returncode != 0:
-        repository._refuse(err, "restic forget --prune")
+        repository.refuse(err, "restic forget --prune")
     logger.info(f"{before - after} of {before} snapshots forgotten ({after} kept by backup_keep), data pruned")
 
 

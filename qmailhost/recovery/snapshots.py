@@ -130,11 +130,12 @@ class Repository:
         process = self.restic(*args)
         out, err = process.communicate()
         if process.returncode != 0:
-            self._refuse(err, f"restic {args[0]}", none_ok=True)
+            self.refuse(err, f"restic {args[0]}", none_ok=True)
             return None
         return out
 
-    def _refuse(self, err: bytes, what: str, none_ok: bool = False) -> None:
+    def refuse(self, err: bytes, what: str, none_ok: bool = False) -> None:
+        """restic's error output ERR as one line naming the setting at fault (none: an absent repository)."""
         text = err.decode(errors="replace")
         if _WRONG_PASSWORD in text:
             raise SettingsError("backup_password_file", f"{self.password_file} does not open {self.name} "
@@ -166,7 +167,7 @@ class Repository:
         process = self.restic("dump", snapshot.id, path)
         out, err = process.communicate()
         if process.returncode != 0:
-            self._refuse(err, f"restic dump {path}")
+            self.refuse(err, f"restic dump {path}")
         return out
 
     @contextlib.contextmanager
@@ -189,7 +190,7 @@ class Repository:
             process.stdout.close()
         err = process.stderr.read()
         if process.wait() != 0:
-            self._refuse(err, "restic dump")
+            self.refuse(err, "restic dump")
 
 
 def absent(text: str) -> bool:
@@ -292,14 +293,14 @@ def materialize(repository: Repository, snapshot: Snapshot, platform: Platform, 
                         pending[number] = directory / "queue" / f"incoming-{number}"
                         _store(archive.extractfile(member), pending[number])
                     elif part in ("info", "local", "remote", "todo"):
-                        queued.setdefault(number, {})[part] = archive.extractfile(member).read()
+                        queued.setdefault(number, {})[part] = _small(archive, member)
                 continue
             common = {"path": path, "mtime_ns": _ns(node["mtime"]), "mode": format(member.mode & 0o7777, "o"),
                       "owner": member.uname or str(member.uid), "group": member.gname or str(member.gid)}
             if member.isdir():
                 kept.append(Record(kind="dir", **common))
             elif member.isfile() and path == hashes:
-                shadow = archive.extractfile(member).read()
+                shadow = _small(archive, member)
             elif member.isfile():
                 stored = stored_path(path)
                 sha256, size = _store(archive.extractfile(member), directory / stored)
@@ -314,6 +315,17 @@ def materialize(repository: Repository, snapshot: Snapshot, platform: Platform, 
     write_manifest(directory, header, sorted(kept, key=lambda r: r.path)
                    + [_write_private(directory, "shadow", "shadow", shadow)])
     return directory
+
+
+SMALL = 1 << 20  # an envelope part or the hashes file: bytes at most (a snapshot is the host's word)
+
+
+def _small(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A small file of the snapshot, read whole only if it is small (held in memory)."""
+    if member.size > SMALL:
+        raise RecoveryError(f"the snapshot's {member.name} is {member.size} bytes, more than such a file ever "
+                            f"holds ({SMALL}): restore from another snapshot (restore_from)")
+    return archive.extractfile(member).read()
 
 
 def private_directory(prefix: str) -> Path:
