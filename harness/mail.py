@@ -96,3 +96,30 @@ def wait_for_delivery(host: Host, user: str, subject: str, timeout: float = 30) 
             return found.split()[0]
         time.sleep(0.3)
     raise AssertionError(f"no message {subject!r} in {user}'s Maildir within {timeout} s")
+
+
+def queue_a_pending_message(host: Host, subject: str) -> None:
+    """A message for a remote address: the sandbox reaches no name server, so it waits in the queue
+    (not under .invalid, which the host's unbound answers itself: no such domain, a bounce)."""
+    host.ssh(f"printf 'Subject: {subject}\\n\\nwaiting\\n' | /var/qmail/bin/qmail-inject someone@unreachable.example.net")
+    deadline = time.monotonic() + 30
+    while "deferral" not in host.ssh("cat /var/log/qmail/qmail-send/current").stdout:
+        assert time.monotonic() < deadline, "the remote delivery was not deferred"
+        time.sleep(0.3)
+    assert "someone@unreachable.example.net" in host.ssh("/var/qmail/bin/qmail-qread").stdout
+
+
+# A shell script (str.format: {count}) that fills alice's Maildir/cur with COUNT small read
+# messages of varied sizes, for the large-mailbox benches.
+LARGE_MAILDIR = r"""
+set -e
+cd /home/alice/Maildir/cur
+line=$(printf '%070d' 0)
+i=0
+while [ $i -lt {count} ]; do
+  {{ printf 'From: bulk@example.org\nTo: alice@sandbox.test\nSubject: bulk %d\n\n' $i
+     j=0; while [ $j -lt $((i % 40 + 5)) ]; do echo "$i $line"; j=$((j + 1)); done; }} > "1700$i.M${{i}}P1.bulk:2,S"
+  i=$((i + 1))
+done
+chown alice:alice . -R
+"""

@@ -709,9 +709,6 @@ class NetBSDHost:
                     kind = "Regular File" if e["type"] == "file" else "Directory"
                     out.append(f"E\t{kind}\t{len(e['data'])}\t{e['mtime_ns'] // 10**9}.{e['mtime_ns'] % 10**9:09d}\t"
                                f"{(mode >> 9) & 7:o}{mode & 0o777:o}\t{e['user']}\t{e['group']}\t{vis(path.encode())}\n")
-            if m["queue"] == "yes" and m["queue_dir"] == QUEUE and any(k.startswith("mess/") for k in self.queue):
-                used = sum(-(-len(v) // 1024) for k, v in self.queue.items() if k.startswith("mess/"))
-                out.append(f"Q\t{used * 1024}\n")
             return "".join(out).encode()
         if m := re.fullmatch(_HASHES, script):
             return "".join(f"{u}:{self.hashes[u]}\n" for u in m["users"].split() if self.hashes.get(u)).encode()
@@ -883,12 +880,10 @@ def _sed(script: str, lines: list[str]) -> list[str]:
 
 # The recovery scripts the model answers: NetBSD's tools, spelt exactly (any other script,
 # or a GNU spelling, fails the test). Field names: what the model reads out of a script.
-_LISTING = re.escape(
+_LISTING = re.escape(  # harness/old_backups.py's
     "\nlist() { find \"$@\" \\( -type f -o -type d \\) "
     "-exec stat -f 'E%t%HT%t%z%t%.9Fm%t%OMp%OLp%t%Su%t%Sg%t%#N' {} + 2>/dev/null; }\nfor p in ") + \
-    r"(?P<paths>.+?)" + re.escape("; do [ -e \"$p\" ] && list \"$p\"; done\n[ ") + r"(?P<queue>yes|no)" + \
-    re.escape(" = yes ] && [ -d ") + r"(?P<queue_dir>\S+)" + re.escape("/mess ] && printf 'Q\\t%s\\n' ") + \
-    re.escape('"$(echo $(( $(du -sk ') + r"(?P=queue_dir)" + re.escape("/mess | cut -f1) * 1024 )))\"\ntrue\n")
+    r"(?P<paths>.+?)" + re.escape("; do [ -e \"$p\" ] && list \"$p\"; done\ntrue\n")
 _HASHES = r"for u in (?P<users>[\w -]+|''); do " + re.escape(
     "h=$(awk -F: -v u=\"$u\" '$1 == u { print $2 }' /etc/master.passwd); "
     "[ -n \"$h\" ] && printf '%s:%s\\n' \"$u\" \"$h\"; done; true")

@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -210,15 +211,16 @@ class Host:
 
     def ssh(self, command: str, check: bool = True, timeout: float = 300, **kwargs):
         """Run a shell command on the host over SSH (as a remote user would)."""
-        argv = [
-            "ssh", "-q", "-i", self.ssh_key, "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "ConnectTimeout=10", f"root@{self.address}", command,
-        ]
+        argv = [*self.ssh_argv(), command]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
         if check and result.returncode != 0:
             raise SandboxError(f"on {self.name}: {command!r} exited {result.returncode}: {result.stderr.strip()}")
         return result
+
+    def ssh_argv(self) -> list[str]:
+        """ssh to this host as root, for a command appended (streams: stdin and stdout as bytes)."""
+        return ["ssh", "-q", "-i", self.ssh_key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", f"root@{self.address}"]
 
     def service_pids(self) -> dict[str, str]:
         """{service: pid} of the daemontools services up on the host (a restart changes the pid)."""
@@ -233,6 +235,17 @@ class Host:
         tmp = self.state_file().with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self)))
         tmp.rename(self.state_file())
+
+
+def move_disk(old: Host, new: Host, path: str) -> None:
+    """The directory PATH of OLD (a second disk that outlived it) put into NEW at the same place,
+    owners and modes kept, streamed as one tar."""
+    sender = subprocess.Popen([*old.ssh_argv(), f"tar -C / -cf - {shlex.quote(path.lstrip('/'))}"],
+                              stdout=subprocess.PIPE)
+    received = subprocess.run([*new.ssh_argv(), "tar -C / -xpf -"], stdin=sender.stdout, capture_output=True)
+    sender.stdout.close()
+    if sender.wait() != 0 or received.returncode != 0:
+        raise SandboxError(f"moving {path} from {old.name} to {new.name}: {received.stderr.decode().strip()}")
 
 
 def load(name: str) -> Host | None:

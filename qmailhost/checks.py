@@ -105,6 +105,9 @@ class Target:
     _shell_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # the inventory's data and name for this host (how the laptop reaches it and its backups)
     inventory: tuple[dict, str] | None = field(default=None, repr=False)
+    # True in the host's own scheduled run (tasks/health.py): the shell is local, the address
+    # its own, and no laptop's file or password is at hand (a check that needs one skips)
+    on_host: bool = False
     _handshake_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _handshakes: dict | None = field(default=None, repr=False)
 

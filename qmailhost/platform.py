@@ -43,20 +43,9 @@ class Shell:
     password_field: str  # prints the password hash of user "$u"
     find_mtimes: str  # find(1) arguments printing each file's mtime (seconds since the epoch)
     gnu_find: bool = False  # find -printf and sha256sum over many files: a tree in two processes
-    # What backup and restore (qmailhost/recovery/) run. The defaults are Debian's (GNU).
-    # find(1) arguments printing one record per file or directory found:
-    # "E<TAB>type<TAB>size<TAB>mtime (s.ns)<TAB>octal mode<TAB>owner<TAB>group<TAB>path", each
-    # ended by list_end; the type is find's %y (f, d) or stat's %HT (Regular File, Directory).
-    list_entries: str = "-printf 'E\\t%y\\t%s\\t%T@\\t%m\\t%u\\t%g\\t%p\\0'"
-    list_end: str = "\0"
-    vis_names: bool = False  # list_entries prints each path vis(3)-encoded (strunvis gives it back)
+    # What restore (qmailhost/recovery/) runs. The defaults are Debian's (GNU).
     # find(1) arguments printing each path found as "{tag}<TAB>path<NUL>".
     find_print: str = "-printf '{tag}\\t%p\\0'"
-    disk_usage: str = "du -sb {dir} | cut -f1"  # prints the bytes used under {dir}
-    # Run from /: writes a tar stream of the NUL-separated paths (relative to /) read from stdin,
-    # each file alone (no directory's tree); a file that vanished meanwhile is exit status 1.
-    tar_create: str = "tar -C / --no-recursion --null --verbatim-files-from -T - --ignore-failed-read -cf -"
-    tar_trees: str = "tar --ignore-failed-read -cf -"  # writes a tar stream of the trees named after it
     # Reads a tar stream and adds its members under /, owners, modes and mtimes kept, never
     # overwriting a file that is there; tar_format: what Python's tarfile writes for it.
     tar_extract: str = "tar -C / --skip-old-files --same-owner -xpf -"
@@ -96,6 +85,7 @@ class Platform:
     # (lang/python/pyversion.mk: 313), lang/python313's bin/python3.13.
     python: str = "/usr/bin/python3"
     python_package: str = "python3"
+    python_version: str = "3.13"  # its X.Y (which wheels the host's own Python runs: tasks/health.py)
     rcd_dir: str = "/etc/rc.d"
     rc_conf_d: str = "/etc/rc.conf.d"
     rcd_examples: str = "/usr/pkg/share/examples/rc.d"
@@ -127,32 +117,23 @@ def debian(release: str) -> Platform:
         service_dir="/etc/service", supervise_dir="/var/qmail/supervise", log_dir="/var/log/qmail",
         tcprules_dir="/etc/tcp", config_dir="/etc/qmailhost",
         nologin="/usr/sbin/nologin", lists_managed_tree=True,
+        python_version={"12": "3.11"}.get(release, "3.13"),
     )
 
 
 # NetBSD: no -r (system accounts are a uid range in /etc/usermgmt.conf), useradd does not
 # make a home unless told (-m), and "-g =uid" makes a group of the user's own name.
 NETBSD_ACCOUNTS = AccountTools(system_user=(), system_group=(), own_group=("-g", "=uid"), no_home=())
-# Backup and restore on NetBSD use base-system tools only (no GNU find or GNU tar):
-# - the listing is stat(1) over find's batches. stat's %HT is "Regular File" or
-#   "Directory", %z the size, %.9Fm the mtime with nanoseconds, %OMp%OLp the octal mode
-#   (special bits, then permissions), %Su/%Sg the names. stat cannot print a NUL, so each
-#   record ends in a newline and the path is %#N: vis(3)-encoded (VIS_WHITE|VIS_OCTAL|
-#   VIS_CSTYLE), so a newline, tab or backslash in a name cannot break a record.
-# - the streams are pax(1), NetBSD's POSIX archiver, in ustar format (what it writes by
-#   default; its manual lists no POSIX.1-2001 extended headers, so Python's tarfile writes
-#   ustar for it too): -w -d -0 reads NUL-separated names from stdin and archives each
-#   alone; -r -k -pe extracts without overwriting (-k) and keeps owners, modes and mtimes
-#   (-pe). ustar holds whole-second mtimes and a path only as a
-#   155-byte prefix and a 100-byte name split at a "/"; recovery refuses a longer one.
+# Restore on NetBSD uses base-system tools only (no GNU find or GNU tar): the stream is
+# pax(1), NetBSD's POSIX archiver, in ustar format (what it writes by default; its manual
+# lists no POSIX.1-2001 extended headers, so Python's tarfile writes ustar for it too):
+# -r -k -pe extracts without overwriting (-k) and keeps owners, modes and mtimes (-pe).
+# ustar holds whole-second mtimes and a path only as a 155-byte prefix and a 100-byte name
+# split at a "/"; recovery refuses a longer one.
 NETBSD_SHELL = Shell(sha256="openssl dgst -sha256 -r", stat="stat -f '%OMp%OLp %Su %Sg'",
                      password_field="awk -F: -v u=\"$u\" '$1 == u { print $2 }' /etc/master.passwd",
                      find_mtimes="-exec stat -f %m {} +",
-                     list_entries="-exec stat -f 'E%t%HT%t%z%t%.9Fm%t%OMp%OLp%t%Su%t%Sg%t%#N' {} +",
-                     list_end="\n", vis_names=True,
                      find_print="-exec printf '{tag}\\t%s\\0' {{}} +",
-                     disk_usage="echo $(( $(du -sk {dir} | cut -f1) * 1024 ))",
-                     tar_create="cd / && pax -w -d -0 -x ustar", tar_trees="pax -w -x ustar",
                      tar_extract="cd / && pax -r -k -pe", tar_format="ustar")
 # The password database is rewritten the way vipw(8) does it: /etc/ptmp (created
 # exclusively: it is the lock), then pwd_mkdb installs it as /etc/master.passwd. The
@@ -181,6 +162,11 @@ def netbsd(release: str) -> Platform:
 
 
 SUPPORTED = "Debian 12 or 13, NetBSD 9 or 10"
+
+
+def by_name(name: str, release: str) -> Platform:
+    """The Platform called NAME at RELEASE (what detect() chose, written down for the host's own runs)."""
+    return {"debian": debian, "netbsd": netbsd}[name](release)
 _DETECTED: dict[str, Platform] = {}
 
 

@@ -11,7 +11,10 @@ refused. ``python -m qmailhost settings`` lists every setting with its default.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -100,6 +103,17 @@ class Settings:
                 component.validate(settings)
         return settings
 
+    def as_deployed(self) -> str:
+        """These settings as JSON for the host's own scheduled runs (tasks/health.py), read back by
+        from_deployed: every value as parsed, but no secret. A dataclass field declared
+        ``repr=False`` (a password, an alert URL: never printed) is carried as None."""
+        return json.dumps(_encoded(self._values), sort_keys=True)
+
+    @classmethod
+    def from_deployed(cls, text: str) -> Settings:
+        """The settings as_deployed wrote (on the host: no laptop file is read, no secret is there)."""
+        return cls(_decoded(json.loads(text)))
+
     @property
     def primary_domain(self) -> str:
         return self.domains[0]
@@ -107,6 +121,46 @@ class Settings:
     @property
     def self_signed(self) -> bool:
         return self.tls == "self-signed"
+
+
+def _encoded(value):
+    """VALUE as JSON data, its Python type kept in a tag where JSON has none."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, tuple | list):
+        return {"tuple" if isinstance(value, tuple) else "list": [_encoded(v) for v in value]}
+    if isinstance(value, dict):
+        return {"dict": [[_encoded(k), _encoded(v)] for k, v in value.items()]}
+    if isinstance(value, Path):
+        return {"path": str(value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        kind = type(value)
+        return {"dataclass": f"{kind.__module__}:{kind.__qualname__}",
+                "fields": {f.name: _encoded(getattr(value, f.name)) if f.repr else None
+                           for f in dataclasses.fields(value)}}
+    raise TypeError(f"a setting's value of type {type(value).__name__} cannot go to the host")
+
+
+def _decoded(data):
+    if not isinstance(data, dict):
+        return data
+    if "dataclass" in data:
+        module, name = data["dataclass"].split(":")
+        if module.split(".")[0] not in ("qmailhost", "tasks"):
+            raise ValueError(f"{data['dataclass']} is none of qmailhost's types")
+        kind = importlib.import_module(module)
+        for part in name.split("."):
+            kind = getattr(kind, part)
+        return kind(**{key: _decoded(value) for key, value in data["fields"].items()})
+    (tag, inner), = data.items()
+    if tag in ("tuple", "list"):
+        items = [_decoded(value) for value in inner]
+        return tuple(items) if tag == "tuple" else items
+    if tag == "dict":
+        return {_decoded(key): _decoded(value) for key, value in inner}
+    if tag == "path":
+        return Path(inner)
+    raise ValueError(f"unknown tag {tag!r} in deployed settings")
 
 
 def declared_settings() -> list[tuple[Component, Setting]]:
@@ -158,6 +212,28 @@ def whole_number(setting: str, low: int, high: int):
             raise SettingsError(setting, f"{value!r} is not a whole number from {low} to {high}",
                                 f"set {setting} to a number in that range")
         return value
+
+    return parse
+
+
+DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def duration(setting: str, low: int, high: int):
+    """A parser: a duration written as minutes, hours or days ("30m", "6h", "2d"), from LOW to
+    HIGH seconds; the number of seconds."""
+
+    def shown(seconds: int) -> str:
+        unit = next(u for u in ("d", "h", "m") if seconds % DURATION_UNITS[u] == 0)
+        return f"{seconds // DURATION_UNITS[unit]}{unit}"
+
+    def parse(value, _values=None) -> int:
+        match = re.fullmatch(r"([1-9][0-9]{0,5})([mhd])", value) if isinstance(value, str) else None
+        seconds = int(match[1]) * DURATION_UNITS[match[2]] if match else 0
+        if not low <= seconds <= high:
+            raise SettingsError(setting, f"{value!r} is not a duration from {shown(low)} to {shown(high)}",
+                                "write it as minutes, hours or days: 30m, 6h, 24h, 2d")
+        return seconds
 
     return parse
 

@@ -58,7 +58,7 @@ from qmailhost.recovery.snapshots import (
     repository_for,
     shown,
 )
-from qmailhost.settings import Settings, SettingsError
+from qmailhost.settings import Settings, SettingsError, duration
 
 SERVICE = "qmailhost-backup"
 SEND_SERVICE = "qmail-send"  # stopped while the queue is copied (backup_queue)
@@ -72,7 +72,6 @@ ERROR_AGE = 7 * 86400  # a newest snapshot older than this is an error
 # backup at once, no old outcome shown as the new repository's).
 RECORD = ("backup-status", "backup-last-ok", "backup-last-try", "backup-last-check")
 DEFAULT_KEEP = {"daily": 7, "weekly": 4, "monthly": 12}
-_UNITS = {"m": 60, "h": 3600, "d": 86400}
 _REPOSITORY = re.compile(r"(sftp:[^:/\s][^\s]*:\S*|sftp://\S+|rest:https?://\S+|s3:\S+|b2:\S+|/\S*)")
 
 
@@ -231,15 +230,6 @@ def _environment(value, values: dict) -> tuple[str, ...]:
             raise SettingsError("backup_environment", f"{name} is not set in this laptop's environment",
                                 f"export {name}=... before running pyinfra (its value is never shown)")
     return tuple(dict.fromkeys(value))
-
-
-def _every(value, _values=None) -> int:
-    match = re.fullmatch(r"([1-9][0-9]{0,5})([mhd])", value) if isinstance(value, str) else None
-    seconds = int(match[1]) * _UNITS[match[2]] if match else 0
-    if not 60 <= seconds <= ERROR_AGE:
-        raise SettingsError("backup_every", f"{value!r} is not a duration from 1m to 7d",
-                            "write it as minutes, hours or days: 30m, 6h, 24h, 2d")
-    return seconds
 
 
 def _keep(value, _values=None) -> dict[str, int]:
@@ -537,7 +527,8 @@ COMPONENT = Component(
                 "`rest:https://...`, `s3:...`, `b2:...` or an absolute path; unset: no scheduled backups"),
         Setting("backup_password_file", None, _password_file,
                 "a file on the laptop (mode 600): the repository's password; required with backup_repository"),
-        Setting("backup_every", "24h", _every, "how often the host backs up: a duration from `1m` to `7d`"),
+        Setting("backup_every", "24h", duration("backup_every", 60, ERROR_AGE),
+                "how often the host backs up: a duration from `1m` to `7d`"),
         Setting("backup_keep", dict(DEFAULT_KEEP), _keep,
                 "retention: how many `daily`, `weekly`, `monthly` snapshots to keep (not through rest:)"),
         Setting("backup_prune_repository", None, _prune_repository,

@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -32,6 +33,7 @@ from harness.pyinfra_cli import predicted_and_real, pyinfra
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 USER, DOMAIN, NAME = sandbox.SANDBOX_USER, sandbox.SANDBOX_DOMAIN, sandbox.SANDBOX_HOSTNAME
 RENEW = "/etc/qmailhost/acme/renew"
+BACKUP_DISK = "/srv/backup-disk"  # the drill's repository: a second disk that outlives the host
 
 
 def password() -> str:
@@ -235,13 +237,21 @@ def test_a_hand_replaced_pair_is_put_back_by_the_next_deploy(ca):
 
 
 @pytest.mark.slow  # 2 min; in every run, tests/test_backup.py's drill brings the TLS pair back from a snapshot
-def test_the_drill_restores_the_same_certificate_without_a_new_order(ca):
-    old, pebble, data = ca["host"], ca["pebble"], ca["data"]
+def test_the_drill_restores_the_same_certificate_without_a_new_order(ca, tmp_path):
+    """The host backs up to a second disk (a path repository), which outlives it and goes into
+    the bare host that takes its place."""
+    password = tmp_path / "restic.password"
+    password.write_text(f"restic {uuid.uuid4().hex}\n")
+    password.chmod(0o600)
+    old, pebble = ca["host"], ca["pebble"]
+    data = {**ca["data"], "backup_repository": BACKUP_DISK, "backup_password_file": str(password)}
     certificate = host_certificate(old)
+    pyinfra(old, data=data)
     pyinfra(old, deploy="backup.py", data=data)
     orders = pebble.orders()
-    sandbox.destroy(old.name)
     new = sandbox.create(f"t{os.getpid()}-acme-rebuilt")
+    sandbox.move_disk(old, new, BACKUP_DISK)
+    sandbox.destroy(old.name)
     ca["host"] = new  # later tests (and the teardown) use the rebuilt host
     pebble.add_a(NAME, new.address)
     if new.gateway != old.gateway:  # the CA stays where it was: the new host reaches it through its own gateway

@@ -1,8 +1,9 @@
 """A tampered backup must not give root (issue 24: M4).
 
-A backup is files on the laptop: whoever can write them can edit its manifest and make
-its sum anew. restore.py runs as root on the host, so each case here takes a real backup
-(backup.py on the model NetBSD host, as tests/test_netbsd_recovery_plans.py makes one),
+A backup directory is files on the laptop (a snapshot written out, or one of the older
+format): whoever can write them can edit its manifest and make its sum anew. restore.py
+runs as root on the host, so each case here takes a real backup of the model NetBSD
+host (as tests/test_netbsd_recovery_plans.py makes one),
 tampers with it as an attacker would, and plans restore.py onto a freshly deployed host.
 The plan stops with one line naming the backup and the entry, before any operation and
 after at most the read-only listing; or it masks the value: then no command, upload or
@@ -39,7 +40,6 @@ from qmailhost.platform import NETBSD_SHELL
 from qmailhost.settings import SettingsError
 from tests.test_netbsd_recovery_plans import (
     ARCHIVE,
-    BACKUP,
     KEYS,
     MAILDIR,
     RESTORE,
@@ -47,7 +47,7 @@ from tests.test_netbsd_recovery_plans import (
     data,
     deployed,
     execute,
-    newest,
+    old_backup,
     plan,
     with_mail,
 )
@@ -76,11 +76,11 @@ def fresh():
 
 @pytest.fixture(scope="module")
 def good_backup(tmp_path_factory, fresh) -> Path:
-    """A real backup of a used host, written by backup.py (the library's own writer)."""
+    """A real backup of a used host, in the older laptop format (as backup.py wrote them: the
+    format restore.py reads, a snapshot's written-out form too)."""
     where = tmp_path_factory.mktemp("good")
     old = with_mail(fresh.copy())
-    execute(old, plan(old, BACKUP, data(where, backup_queue=True)))
-    return newest(where)[0]
+    return old_backup(old, data(where), queue=True)
 
 
 # --- tampering, as anyone who can write the backup can -------------------------------------

@@ -35,9 +35,9 @@ import bcrypt  # (paramiko's, under pyinfra)
 import pytest
 
 from harness import images, sandbox
+from harness.mail import LARGE_MAILDIR, queue_a_pending_message
 from harness.peer import Relay
 from harness.pyinfra_cli import Run, pyinfra
-from tests.test_recovery import _queue_a_pending_message
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 
@@ -278,7 +278,7 @@ def _keys(host) -> str:
 def test_the_drill_from_a_snapshot_then_an_older_one_by_its_id(by_hand):
     world, old = by_hand, by_hand.host
     pending = f"pending {uuid.uuid4().hex}"
-    _queue_a_pending_message(old, pending)
+    queue_a_pending_message(old, pending)
     seen = _deliver(old, f"flagged {uuid.uuid4().hex}")
     old.ssh(f"mv {MAILDIR}/new/{seen} {MAILDIR}/cur/{seen}:2,S")  # read, as a client marks it
     older = pyinfra(old, deploy="backup.py", data=world.data, json_output=False)
@@ -356,11 +356,10 @@ def test_an_unreachable_repository_fails_the_deploys_check_in_one_line_naming_it
 def test_a_large_mailbox_backs_up_and_comes_back_from_a_snapshot(by_hand):
     """The bench of issue 25: first and unchanged backups of 20,000 messages, the repository's
     size against the Maildir's, and the drill's restore, all figures printed (-s)."""
-    from tests.test_recovery import _GENERATE
 
     world, old = by_hand, by_hand.host
     count = 20_000
-    old.ssh(_GENERATE.format(count=count), timeout=1200)
+    old.ssh(LARGE_MAILDIR.format(count=count), timeout=1200)
     checksum = f"find {MAILDIR} -path '*/tmp' -prune -o -type f -print0 | xargs -0 sha256sum | sort | sha256sum"
     before = old.ssh(checksum).stdout
     maildir = int(old.ssh(f"du -sb {MAILDIR} | cut -f1").stdout.split()[0])

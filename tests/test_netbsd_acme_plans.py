@@ -27,9 +27,9 @@ from harness.netbsd_host import ROOT_CRONTAB, NetBSDHost, converged_host, deploy
 from harness.plan_harness import commands_of, index, plan_deploy, uploaded
 from qmailhost import platform as platforms
 from qmailhost import recovery
-from qmailhost.settings import SettingsError
+from qmailhost.settings import Settings, SettingsError
 from tasks import acme, tls
-from tests.test_netbsd_recovery_plans import BACKUP, RESTORE, execute
+from tests.test_netbsd_recovery_plans import RESTORE, execute, old_backup
 from tests.test_netbsd_recovery_plans import plan as recovery_plan
 
 NETBSD = platforms.netbsd("10")
@@ -338,11 +338,10 @@ def test_switching_back_to_self_signed_removes_the_cron_line_and_makes_a_self_si
 def test_a_backup_carries_certbots_config_dir_and_a_restore_puts_the_lineage_back(converged, tmp_path):
     settings = {**ACME, "backup_dir": str(tmp_path / "backups")}
     old = converged.copy()
-    planned = recovery_plan(old, BACKUP, deploy_data(**settings))
-    listing = old.sent[0][1]
-    assert ("for p in ~alice/Maildir /usr/pkg/etc/letsencrypt /usr/pkg/etc/qmailhost/dkim/keys "
-            "/usr/pkg/etc/qmailhost/tls/cert.pem ") in listing
-    execute(old, planned)
+    assert recovery.part_paths(recovery.backup_parts(NETBSD), Settings.from_host_data(deploy_data(**settings)),
+                               NETBSD)[:4] == ["~alice/Maildir", "/usr/pkg/etc/letsencrypt",
+                                               "/usr/pkg/etc/qmailhost/dkim/keys", "/usr/pkg/etc/qmailhost/tls/cert.pem"]
+    old_backup(old, deploy_data(**settings))
     _, records = recovery.read_manifest(recovery.backups_in(tmp_path / "backups")[-1])
     carried = {r.path: r for r in records if r.path.startswith("/usr/pkg/etc/letsencrypt")}
     archive = "/usr/pkg/etc/letsencrypt/archive/qmailhost"
@@ -370,7 +369,7 @@ def test_a_backup_carries_certbots_config_dir_and_a_restore_puts_the_lineage_bac
 def test_a_bare_host_whose_backup_holds_a_valid_certificate_orders_nothing(converged, tmp_path):
     settings = {**ACME, "backup_dir": str(tmp_path / "backups")}
     old = converged.copy()
-    execute(old, recovery_plan(old, BACKUP, deploy_data(**settings)))
+    old_backup(old, deploy_data(**settings))
     new = NetBSDHost()
     plan = plan_deploy(deploy_data(**settings), new.answer)
     names = [name for name, _ in plan]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.netbsd_host import ROOT_CRONTAB, NetBSDHost, deploy_data
-from harness.plan_harness import commands_of, index, plan_deploy, uploaded
+from harness.plan_harness import PROJECT, commands_of, index, plan_deploy, uploaded
 from qmailhost import platform as platforms
 from qmailhost.settings import SettingsError
 from tasks import backup
@@ -137,7 +137,7 @@ def test_the_script_backs_up_what_the_components_declare_with_netbsd_tools(bare)
     assert "awk -F: -v u=\"$u\" '$1 == u { print $2 }' /etc/master.passwd" in script
     assert ("step backup --tag qmailhost --host mail.example.org --files-from-verbatim \"$dir/paths\" "
             "--exclude-file \"$dir/excludes\"") in script
-    assert "*/Maildir) printf '%s/tmp\\n%s/.*/tmp\\n'" in script, "no Maildir's tmp/"
+    assert "*/Maildir) printf '%s/tmp/*\\n%s/.*/tmp/*\\n'" in script, "nothing in a Maildir's tmp/ (the tmp/ kept)"
     assert ("step forget --prune --tag qmailhost --host mail.example.org --group-by host,tags --keep-daily 7 "
             "--keep-weekly 4 --keep-monthly 12 ||") in script
     assert "step check --read-data-subset=5%" in script
@@ -284,3 +284,15 @@ def test_with_backup_queue_netbsd_stops_qmail_send_through_rc_d_for_the_copy(pas
     assert "trap '[ -z \"$paused\" ] || { /etc/rc.d/qmailsend onestatus >/dev/null 2>&1 || /etc/rc.d/qmailsend start; }" \
         in script, "started again however the run ends"
     assert "( cd /var/qmail/queue && cp -Rp mess info local remote todo \"$copy.new\"/ )" in script
+
+
+def test_backup_py_without_a_repository_says_how_to_set_one_and_plans_nothing():
+    """backup.py backs up only through the host's restic: without backup_repository, one line
+    naming it and the way (the laptop can be the target), before any operation."""
+    host = NetBSDHost()
+    with pytest.raises(SettingsError) as refused:
+        plan_deploy(deploy_data(backup_dir="/nonexistent/qmailhost-backups"), host.answer,
+                    deploy=PROJECT / "backup.py")
+    assert refused.value.setting == "backup_repository"
+    assert "\n" not in str(refused.value) and "sftp:you@laptop:/path" in str(refused.value)
+    assert host.sent == []

@@ -27,7 +27,7 @@ from qmailhost.files import read
 from qmailhost.settings import Settings
 from tasks import dkim
 from tests.test_netbsd_checks import CheckedHost
-from tests.test_netbsd_recovery_plans import BACKUP, RESTORE, execute
+from tests.test_netbsd_recovery_plans import RESTORE, execute, old_backup
 from tests.test_netbsd_recovery_plans import plan as recovery_plan
 
 NETBSD = platforms.netbsd("10")
@@ -329,7 +329,7 @@ def test_both_off_installs_neither_package():
 def test_a_bare_host_whose_newest_backup_holds_the_key_makes_none(converged, tmp_path, caplog, monkeypatch):
     settings = {"backup_dir": str(tmp_path / "backups")}
     old = converged.copy()
-    execute(old, recovery_plan(old, BACKUP, deploy_data(**settings)))
+    old_backup(old, deploy_data(**settings))
     _, records = recovery.read_manifest(recovery.backups_in(tmp_path / "backups")[-1])
     assert f"{KEYS}/example.org/mail.key" in {r.path for r in records}
     new = CheckedHost()  # the model host, answering the status checks too
@@ -360,7 +360,7 @@ def test_a_bare_host_whose_backup_lacks_the_key_makes_it(converged, tmp_path):
     old = converged.copy()
     for path in [p for p in old.tree if p.startswith(f"{KEYS}/")]:
         del old.tree[path]  # a backup from before tasks/dkim.py
-    execute(old, recovery_plan(old, BACKUP, deploy_data(**settings)))
+    old_backup(old, deploy_data(**settings))
     assert key_commands(plan_deploy(deploy_data(**settings), NetBSDHost().answer)) == [
         key_command("example.org", "mail")]
 

@@ -1,10 +1,11 @@
-"""backup.py and restore.py on the model NetBSD host (harness/netbsd_host.py), loaded as
-the pyinfra CLI loads them (harness/plan_harness.py plan_deploy), with recovery's Remote
-(the ssh side) answered by the model instead of ssh: the exact scripts and streams they
-send (find with stat -f, awk over master.passwd, openssl dgst, pax), no Linux-only
-command anywhere, and a backup then a restore onto a freshly deployed host that puts
-back the messages, the hashes, the TLS pair and a pending message; a second restore
-plans nothing. What NetBSD's own tools then do is the model's word, not the host's.
+"""restore.py on the model NetBSD host (harness/netbsd_host.py), loaded as the pyinfra CLI
+loads it (harness/plan_harness.py plan_deploy), with recovery's Remote (the ssh side)
+answered by the model instead of ssh: the exact scripts and streams it sends (find,
+awk over master.passwd, openssl dgst, pax), no Linux-only command anywhere, and a
+restore onto a freshly deployed host of a backup directory of the older laptop format
+(harness/old_backups.py, made from a used model host) that puts back the messages, the
+hashes, the TLS pair and a pending message; a second restore plans nothing. What
+NetBSD's own tools then do is the model's word, not the host's.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from unittest import mock
 import pytest
 from pyinfra.api import FunctionCommand
 
-from harness import plan_harness
+from harness import old_backups, plan_harness
 from harness.netbsd_host import MTIME_NS, NetBSDHost, vis
 from harness.plan_harness import PROJECT, plan_deploy
 from qmailhost import recovery
 from qmailhost.platform import DEBIAN_PASSWORD_APPLY, DEBIAN_SHELL, NETBSD_PASSWORD_APPLY, debian, netbsd
 from qmailhost.settings import Settings
 
-BACKUP, RESTORE = PROJECT / "backup.py", PROJECT / "restore.py"
+RESTORE = PROJECT / "restore.py"
 # What must never reach a NetBSD host: GNU find, tar and du, Linux's shadow tools, GNU stat.
 LINUX_ONLY = ("getent shadow", "-printf", "sha256sum", "chpasswd -e", "stat -c", "du -sb", "tar -", "tar --",
               "--null", "--verbatim-files-from", "--skip-old-files", "--ignore-failed-read", "--no-recursion",
@@ -96,19 +97,15 @@ def plan(host: NetBSDHost, deploy: Path, settings: dict) -> list[tuple[str, list
             if name not in TLS_CHANGED or tls_changed]
 
 
-def execute(host: NetBSDHost, planned: list[tuple[str, list]]) -> list[str]:
+def execute(host: NetBSDHost, planned: list[tuple[str, list]]) -> None:
     """Run PLANNED against the model: FunctionCommands here (they talk to the host through its
-    remote()), everything else applied by the model. Returns what the functions logged."""
-    logged = []
-    log = mock.Mock(log=lambda message, *_args: logged.append(message))
+    remote()), everything else applied by the model."""
     for name, commands in planned:
         for command in commands:
             if isinstance(command, FunctionCommand):
-                with mock.patch.object(recovery.backup, "host", log):
-                    command.function(*command.args, **command.kwargs)
+                command.function(*command.args, **command.kwargs)
             else:
                 host.apply([(name, [command])])
-    return logged
 
 
 def netbsd_only(host: NetBSDHost, planned=()) -> None:
@@ -120,6 +117,12 @@ def netbsd_only(host: NetBSDHost, planned=()) -> None:
             assert linux not in text, f"{linux!r} in a NetBSD recovery command: {text[:300]}"
 
 
+def old_backup(host: NetBSDHost, settings: dict, queue: bool = False) -> Path:
+    """A backup of HOST in the older laptop format, into SETTINGS' backup_dir (its path)."""
+    parsed = Settings.from_host_data(settings, inventory_name="mail.example.org")
+    return old_backups.write(host.remote(), parsed, netbsd("10"), Path(settings["backup_dir"]), queue=queue)
+
+
 def newest(tmp_path: Path) -> tuple[Path, dict, list[recovery.Record]]:
     directory = recovery.backups_in(tmp_path / "backups")[-1]
     header, records = recovery.read_manifest(directory)
@@ -129,14 +132,6 @@ def newest(tmp_path: Path) -> tuple[Path, dict, list[recovery.Record]]:
 # --- the scripts and streams, exactly
 
 
-LISTING = r"""
-list() { find "$@" \( -type f -o -type d \) -exec stat -f 'E%t%HT%t%z%t%.9Fm%t%OMp%OLp%t%Su%t%Sg%t%#N' {} + 2>/dev/null; }
-for p in ~alice/Maildir /usr/pkg/etc/qmailhost/dkim/keys /usr/pkg/etc/qmailhost/tls/cert.pem /usr/pkg/etc/qmailhost/tls/key.pem /var/lib/qmailhost/tmda-archive; do [ -e "$p" ] && list "$p"; done
-[ QUEUE = yes ] && [ -d DIR/mess ] && printf 'Q\t%s\n' "$(echo $(( $(du -sk DIR/mess | cut -f1) * 1024 )))"
-true
-"""  # noqa: E501 (a script, as sent)
-HASHES = ("for u in alice; do h=$(awk -F: -v u=\"$u\" '$1 == u { print $2 }' /etc/master.passwd); "
-          "[ -n \"$h\" ] && printf '%s:%s\\n' \"$u\" \"$h\"; done; true")
 HOST_VIEW = r"""
 for u in alice; do
   h=$(getent passwd "$u" | cut -d: -f6)
@@ -152,50 +147,6 @@ true
 """  # noqa: E501 (a script, as sent)
 
 
-def test_backup_lists_and_streams_with_netbsd_tools(tmp_path):
-    host = with_mail(deployed())
-    planned = plan(host, BACKUP, data(tmp_path))
-    assert [(name, [type(c) for c in commands]) for name, commands in planned] == [
-        (f"Back up mail.example.org to {tmp_path / 'backups'}", [FunctionCommand])]
-    # Planning lists the host once (nothing is fetched before the run).
-    assert [(what, script) for what, script, _ in host.sent] == [
-        ("listing the files to back up", LISTING.replace("QUEUE", "no").replace("DIR", "/nonexistent"))]
-    execute(host, planned)
-    what, script, names = host.sent[1]
-    assert (what, script) == ("streaming the files to back up", "cd / && pax -w -d -0 -x ustar")
-    fetched = {f"/{n}" for n in names.decode(errors="surrogateescape").split("\0") if n}
-    assert fetched == {*MESSAGES, f"{TLS}/cert.pem", f"{TLS}/key.pem", f"{KEYS}/example.org/mail.key",
-                       f"{KEYS}/example.org/mail.dns"}
-    assert host.sent[2][:2] == ("reading the password hashes", HASHES)
-    assert len(host.sent) == 3
-    netbsd_only(host)
-
-    directory, header, records = newest(tmp_path)
-    assert header["format"] == "qmailhost-backup 1" and header["accounts"] == ["alice"]
-    by_path = {r.path: r for r in records if r.path}
-    for path, (content, mtime) in MESSAGES.items():  # names decoded from stat's vis(3) form
-        record = by_path[path]
-        assert (directory / record.stored).read_bytes() == content
-        assert (record.kind, record.mtime_ns, record.mode, record.owner, record.size) == (
-            "file", mtime, "600", "alice", len(content))
-    assert IN_DELIVERY not in by_path  # a delivery in progress is never backed up
-    assert (by_path[MAILDIR].kind, by_path[MAILDIR].mode, by_path[MAILDIR].group) == ("dir", "700", "alice")
-    assert (by_path[f"{ARCHIVE}/alice"].mode, by_path[f"{ARCHIVE}/alice"].group) == ("750", "wheel")
-    key = by_path[f"{TLS}/key.pem"]  # readable by spamdyke's group qmailtls too (port 25's STARTTLS)
-    assert (key.mode, key.owner, key.group) == ("640", "root", "qmailtls")
-    dkim = by_path[f"{KEYS}/example.org/mail.key"]  # qmailr's alone, as the signer reads it
-    assert (dkim.mode, dkim.owner) == ("400", "qmailr")
-    assert (directory / dkim.stored).read_bytes() == host.tree[f"{KEYS}/example.org/mail.key"]["data"]
-    assert (by_path[f"{KEYS}/example.org"].kind, by_path[f"{KEYS}/example.org"].mode) == ("dir", "700")
-    assert (directory / "shadow").read_text() == f"alice:{host.hashes['alice']}\n"
-    assert host.hashes["alice"].startswith("$sha1$500000$")
-
-    # An unchanged second backup streams nothing: every file is linked from the first.
-    host.sent.clear()
-    execute(host, plan(host, BACKUP, data(tmp_path)))
-    assert [what for what, _, _ in host.sent] == ["listing the files to back up", "reading the password hashes"]
-
-
 def test_stat_names_come_back_from_vis():
     for name in ("/home/alice/Maildir/cur/plain:2,S", "/a b/\u00e9\u65e5/x\ty\\z\nw\r\x07\x7f", "/\\001 not octal"):
         encoded = vis(name.encode())
@@ -205,13 +156,10 @@ def test_stat_names_come_back_from_vis():
 
 def test_restore_onto_a_freshly_deployed_host(tmp_path):
     old = with_mail(deployed())
-    execute(old, plan(old, BACKUP, data(tmp_path, backup_queue=True)))
-    assert [what for what, _, _ in old.sent] == ["listing the files to back up", "streaming the files to back up",
-                                                 "reading the password hashes", "streaming the queue"]
-    assert old.sent[0][1] == LISTING.replace("QUEUE", "yes").replace("DIR", "/var/qmail/queue")
-    assert old.sent[3][1] == "cd /var/qmail/queue && pax -w -x ustar mess info local remote todo"
+    old_backup(old, data(tmp_path), queue=True)
     directory, _, records = newest(tmp_path)
     assert [r.kind for r in records].count("message") == 1
+    assert IN_DELIVERY not in {r.path for r in records}  # a delivery in progress is never carried
 
     new = deployed()  # the disk died: a bare host, deployed (new salts, a new TLS pair)
     new.put_mail(f"{MAILDIR}/new/1800000000.M1P1.after-the-rebuild", b"Subject: new\n\nkept\n")
@@ -280,16 +228,6 @@ def test_restore_onto_a_freshly_deployed_host(tmp_path):
     assert manifest["format"] == recovery.FORMAT
 
 
-def test_a_path_ustar_cannot_hold_is_refused_before_anything_streams(tmp_path):
-    host = with_mail(deployed())
-    long_name = f"{MAILDIR}/cur/{'x' * 101}:2,S"
-    host.put_mail(long_name, b"Subject: long\n")
-    with pytest.raises(recovery.RecoveryError, match="cannot be backed up on this platform: pax's ustar"):
-        plan(host, BACKUP, data(tmp_path))
-    assert [what for what, _, _ in host.sent] == ["listing the files to back up"]
-    assert not (tmp_path / "backups").exists()
-
-
 def test_what_is_backed_up_comes_from_the_components():
     settings = Settings.from_host_data({"hostname": "mail.example.org", "accounts": [
         {"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"},
@@ -310,13 +248,9 @@ def test_what_is_backed_up_comes_from_the_components():
 
 
 def test_debian_keeps_its_commands():
-    """The Debian dialect is the one tests/test_recovery.py drives: its tools, as before."""
+    """The Debian dialect is the one tests/test_backup.py's drill drives: its tools, as before."""
     shell, platform = DEBIAN_SHELL, debian("13")
-    assert shell.list_entries == r"-printf 'E\t%y\t%s\t%T@\t%m\t%u\t%g\t%p\0'" and shell.list_end == "\0"
-    assert shell.tar_create == "tar -C / --no-recursion --null --verbatim-files-from -T - --ignore-failed-read -cf -"
-    assert shell.tar_trees == "tar --ignore-failed-read -cf -"
     assert (shell.tar_extract, shell.tar_format) == ("tar -C / --skip-old-files --same-owner -xpf -", "pax")
-    assert shell.disk_usage.format(dir="/var/qmail/queue/mess") == "du -sb /var/qmail/queue/mess | cut -f1"
     script = recovery.host_script(["alice"], ["~alice/Maildir", ARCHIVE], platform)
     assert ("printf 'H\\t%s\\t%s\\0' \"$u\" \"$(getent shadow \"$u\" | cut -d: -f2 | tr -d '\\n' | sha256sum "
             "| cut -c1-64)\"") in script

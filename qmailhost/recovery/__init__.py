@@ -1,11 +1,12 @@
 """Recovery: what backup.py and restore.py share.
 
-A backup carries what a rebuilt host needs that the inventory does not hold: the files
-the components declare (their BackupPart: accounts, every account's Maildir; tls, the
-self-signed pair; tmda, the TMDA archive), the accounts' password hashes and, with
-backup_queue, the queue's pending messages. It is a dated directory on the laptop,
-<backup_dir>/<UTC timestamp>/, everything in it mode 600 (directories 700), since mail
-is as private as keys:
+A backup is a restic snapshot the host makes of itself (tasks/backup.py): the files the
+components declare (their BackupPart: every account's Maildir, the TLS pair, DKIM keys,
+certbot's lineage, the TMDA archive), the accounts' password hashes and, with
+backup_queue, a copy of the queue. restore.py reads it with the laptop's restic and writes
+it out (snapshots.materialize) as a backup directory, the format backup.py wrote on the
+laptop until 2026-12, which restore.py still reads as it is (restore_from): everything in
+it mode 600 (directories 700), since mail is as private as keys:
 
     manifest.json          one record per line: sha256 and size of every stored file;
                            path, owner, group, mode and mtime of every host file
@@ -14,12 +15,9 @@ is as private as keys:
     shadow                 the accounts' "name:hash" lines (the platform's password_apply input)
     queue/<id>.msg, .env   pending messages and their qmail-queue envelopes
 
-Transfer: bulk data crosses as one tar stream over OpenSSH's `ssh`, run on the laptop
-with the inventory's ssh_* host data (key authentication only). pyinfra's files.get
-and files.put make one SFTP round trip per file, and its shell commands return
-decoded text lines, unfit for binary data. Unchanged messages (same Maildir folder,
-unique name, size and mtime as listed on the host) are hard-linked from the previous
-backup and not transferred again. Restore adds only what the host lacks: it never
+Transfer: what a restore sends crosses as one tar stream over OpenSSH's `ssh`, run on the
+laptop with the inventory's ssh_* host data (key authentication only): pyinfra's files.put
+makes one SFTP round trip per file. Restore adds only what the host lacks: it never
 deletes or overwrites mail there; a component with its own restore hook (tls) puts its
 files back itself.
 
@@ -35,7 +33,7 @@ The package, by concern (each module's header says more):
     parts.py      what is backed up: the components' BackupParts, as words for the host's shell
     manifest.py   files and the manifest: Record, stored paths, vis(3) names, read_manifest and
                   write_manifest, the backups on this laptop (backups_in, newest_backup)
-    backup.py     backup: plan_backup (prepare phase, read-only), run_backup (execution phase)
+    backup.py     what a backup holds beyond files: the hashes script, the queue's envelopes
     snapshots.py  the host's restic repository read from the laptop: this host's snapshots, one
                   written out as a backup directory (materialize) for restore, the newest one
                   that a bare host's deploy asks (newest_holding)
@@ -58,7 +56,7 @@ import os
 from pathlib import Path
 
 from qmailhost.component import Component, Setting
-from qmailhost.recovery.backup import BackupPlan, envelope_of, hashes_script, listing_script, plan_backup, run_backup
+from qmailhost.recovery.backup import envelope_of, hashes_script, keep_queued
 from qmailhost.recovery.common import Options, RecoveryError, options
 from qmailhost.recovery.manifest import (
     FORMAT,
@@ -130,7 +128,7 @@ __all__ = [
     "Record", "backups_in", "fits_ustar", "message_key", "mtime_ns", "newest_backup", "octal_mode",
     "private_dirs", "read_manifest", "sha256_file", "stored_path", "unvis", "write_manifest",
     # backup
-    "BackupPlan", "envelope_of", "hashes_script", "listing_script", "plan_backup", "run_backup",
+    "envelope_of", "hashes_script", "keep_queued",
     # restore
     "Backup", "HostView", "changed_hashes", "generic_parts", "host_script", "look_at_host", "missing_files",
     "open_backup", "pending_messages", "require_deployed", "require_within_parts", "requeue", "restore_files",
@@ -161,7 +159,8 @@ COMPONENT = Component(
     name="recovery",
     settings=(
         Setting("backup_dir", None, _path("backup_dir"),
-                "where backups go, one `<UTC stamp>/` per run; default: `~/qmailhost-backups/<hostname>`"),
+                "where backups of the older laptop format are (one `<UTC stamp>/` each): restore.py and a bare "
+                "deploy still read them; default: `~/qmailhost-backups/<hostname>`"),
         Setting("restore_from", None, _path("restore_from"),
                 "what `restore.py` puts back: a snapshot ID in `backup_repository`, or a backup directory; "
                 "default: the newest snapshot (else the newest backup in `backup_dir`)"),
