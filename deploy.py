@@ -25,6 +25,7 @@ from tasks import (
     backup,
     checkpassword,
     dkim,
+    health,
     imap,
     limits,
     mess822,
@@ -36,6 +37,7 @@ from tasks import (
     submission,
     tls,
     tmda,
+    updates,
 )
 
 settings = Settings.from_host_data(host.data.dict(), inventory_name=host.name)
@@ -71,6 +73,7 @@ dkim.configure(platform, settings)  # keys made once; the signer qmail-send runs
 tls_pair = tls.configure(platform, settings)  # self-signed, or the laptop's
 tls_pair = acme.configure(platform, settings, tls_pair)  # under tls: acme, the CA's
 limits.configure(platform, settings)  # what one address may hold (nftables), before the listeners
+updates.configure(platform, settings)  # security updates unattended, restart-stale after apt (NetBSD: the daily audit)
 
 # Services (daemontools or rc.d: qmailhost/backends/services.py)
 services.supervisor(platform)
@@ -82,6 +85,7 @@ stunnel.configure(platform, settings, tls_pair, mode)
 imap.configure(platform, settings, tls_pair)
 acme.renewal(platform, settings)
 backup.configure(platform, settings)  # restic on a schedule (daemontools loop; cron on NetBSD), retired when unset
+health.configure(platform, settings)  # the status checks, run by the host itself every health_every; alerts
 services.settle(platform)
 
 # Status checks from outside, once the last operation has run (verify_after_deploy=false skips them)

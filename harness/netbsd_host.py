@@ -74,6 +74,16 @@ LINEAGE = "qmailhost"  # the lineage's name (--cert-name)
 ACME_DIR = "/usr/pkg/etc/qmailhost/acme"  # qmailhost's hook and renewal script
 INSTALL_ONLY = "QMAILHOST_INSTALL_ONLY"  # set in the hook's environment: it installs the pair, nothing more
 TLS_DIR = "/usr/pkg/etc/qmailhost/tls"
+# What tasks/health.py installs from pkgsrc: apprise, and the compiled packages qmailhost's own
+# code imports for the host's scheduled runs (qmailhost/runtime.py), in the order it asks.
+HEALTH_PACKAGES = ("py313-apprise", "py313-gevent", "py313-paramiko", "py313-pydantic", "py313-jinja2", "py313-click",
+                   "py313-dateutil", "py313-distro", "py313-packaging", "py313-typing-extensions")
+
+# tasks/health.py's lines in root's crontab, as pyinfra's server.crontab appends them (after
+# the backup's and the ACME renewal's: the components' order).
+HEALTH_CRON = ("", "# pyinfra-name=qmailhost scheduled health",
+               "*/5 * * * * /usr/pkg/etc/qmailhost/health/run --if-due >/dev/null 2>&1")
+
 # root's crontab as NetBSD installs it (src/etc/crontab as /var/cron/tabs/root)
 ROOT_CRONTAB = [
     "SHELL=/bin/sh",
@@ -142,8 +152,8 @@ def converged_host(**settings) -> NetBSDHost:
     return host
 
 
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def sha256(text: str | bytes) -> str:
+    return hashlib.sha256(text if isinstance(text, bytes) else text.encode()).hexdigest()
 
 
 @dataclass
@@ -163,6 +173,7 @@ class NetBSDHost:
     cert: dict | None = None  # the pair's certificate (the tls probe): {"cn", "sha256", "renew", "self"}
     acme: dict | None = None  # certbot's lineage: {"cn", "sha256"} (the acme probe); see issue()
     crontab: list[str] = field(default_factory=lambda: list(ROOT_CRONTAB))  # root's, as `crontab -l` prints it
+    runtime_unpacked: str | None = None  # the sha256 of tasks/health.py's runtime tar, once unpacked
     orders: list[dict] = field(default_factory=list)  # what certbot certonly asked the CA, in order
     # each run of the deploy hook: {"lineage": what it installed, "install_only": whether INSTALL_ONLY was set}
     hook_runs: list[dict] = field(default_factory=list)
@@ -186,6 +197,10 @@ class NetBSDHost:
     tree: dict[str, dict] = field(default_factory=dict)  # path -> {type, data, mode, user, group, mtime_ns}
     queue: dict[str, bytes] = field(default_factory=dict)  # "mess/0/123" ... under /var/qmail/queue
     sent: list[tuple[str, str, bytes]] = field(default_factory=list)  # (what, script, stdin) through remote()
+    # tasks/updates.py (its section below): /etc/daily.conf and /etc/security.conf as lines, and
+    # pkgsrc's vulnerability list (None: never fetched; else its age in days and what audit finds).
+    periodic_conf: dict[str, list[str]] = field(default_factory=lambda: copy.deepcopy(PERIODIC_CONF))
+    vulnerabilities: dict | None = None  # {"age_days": int, "findings": ["Package x has a y vulnerability, see z"]}
 
     def copy(self) -> NetBSDHost:
         return copy.deepcopy(self)
@@ -510,6 +525,11 @@ class NetBSDHost:
             self._temp[m[3]] = _sed(m[2], self._temp[m[3]])  # NetBSD's sed -i takes the suffix attached
         elif m := re.fullmatch(r"crontab -u root (/tmp/pyinfra-[0-9a-f]+)", command):
             self.crontab = self._temp.pop(m[1])
+        elif m := re.fullmatch(r"t=\$\(mktemp\) && crontab -l -u root > \$t && sed -i\.bak -e '/\^(.+)\$/d' "
+                               r"-e '/(.+)/d' \$t && crontab -u root \$t; s=\$\?; rm -f \$t \$t\.bak; exit \$s",
+                               command):  # qmailhost/ops.py cron: an entry and its name comment taken away
+            label, line = (re.sub(r"\\(.)", r"\1", text) for text in m.groups())
+            self.crontab = [entry for entry in self.crontab if entry != label and line not in entry]
         elif m := re.fullmatch(r"rm -f ((?:/[\w./-]+ ?)+)", command):  # managed files removed (ops.absent_file)
             for path in m[1].split():
                 for store in (self.files, self.contents, self.tree):
@@ -523,6 +543,12 @@ class NetBSDHost:
             self._certonly(m)
         elif m := re.fullmatch(rf"(?:({INSTALL_ONLY})=1 )?({ACME_DIR}/deploy-hook)", command):
             self.run_hook(m[2], install_only=bool(m[1]))
+        elif m := re.fullmatch(_RUNTIME_UNPACK, command):  # tasks/health.py: qmailhost's own code, unpacked
+            assert self.files[f"{m['root']}/runtime.tar.gz"]["sha256"], "unpacked before its upload"
+            self.runtime_unpacked = self.files[f"{m['root']}/runtime.tar.gz"]["sha256"]
+            self.stamps[m["stamp"]] = m["digest"]
+        elif self._updates_command(command):  # tasks/updates.py: its section below
+            pass
         else:
             raise AssertionError(f"the NetBSD model does not know what this does: {command}")
 
@@ -684,7 +710,9 @@ class NetBSDHost:
         found.update(self.tree)
         for path, meta in self.files.items():
             if path in self.contents:
-                found[path] = _entry("file", self.contents[path].encode(), meta["mode"], meta["user"], meta["group"])
+                data = self.contents[path]
+                found[path] = _entry("file", data if isinstance(data, bytes) else data.encode(), meta["mode"],
+                                     meta["user"], meta["group"])
         return found
 
     def expand(self, word: str) -> str:
@@ -773,6 +801,63 @@ class NetBSDHost:
                                  "644", "root", "wheel")
         self.tree[key] = _entry("file", f"-----BEGIN MODEL KEY-----\n{made[::-1]}\n-----END MODEL KEY-----\n"
                                 .encode(), "600", "root", "wheel")
+
+    # --- tasks/updates.py: the base system's daily(5) and security(5) configs, and pkg_admin
+    # Each config is a list of lines, its owner's and at most one of qmailhost's per variable (see
+    # conf_line). daily() does what /etc/daily does with them for the vulnerability list: it
+    # fetches the list when the last line setting fetch_pkg_vulnerabilities says YES (unset is
+    # taken as NO, as reported of stock NetBSD hosts). updates_status() answers the updates check.
+    def _fact_ConfAssignments(self, path, variable):
+        assert path in PERIODIC_CONF and re.fullmatch(r"[a-z_]+", variable), (path, variable)
+        return [line for line in self.periodic_conf.get(path) or [] if re.match(rf"\s*{variable}=", line)]
+
+    def _updates_command(self, command: str) -> bool:
+        """Apply one of tasks/updates.conf_line's commands (False: not one of them)."""
+        conf = r"(/etc/(?:daily|security)\.conf)"
+        if m := re.fullmatch(rf"echo ('[^']*') >> {conf}", command):
+            self.periodic_conf.setdefault(m[2], []).append(shlex.split(m[1])[0])
+            return True
+        if m := re.fullmatch(rf"cp -p {conf} \1\.qmailhost-new && \{{ grep -v ('[^']*') \1; echo ('[^']*'); \}} "
+                             r"> \1\.qmailhost-new && mv -f \1\.qmailhost-new \1", command):
+            path, pattern, line = m[1], _bre(shlex.split(m[2])[0]), shlex.split(m[3])[0]
+            assert path in self.periodic_conf, f"cp: {path}: No such file or directory"
+            self.periodic_conf[path] = [kept for kept in self.periodic_conf[path] if not pattern.search(kept)] + [line]
+            return True
+        if m := re.fullmatch(rf"cp -p {conf} \1\.qmailhost-new && \{{ grep -v ('[^']*') \1 \|\| \[ \$\? -eq 1 \]; \}} "
+                             r"> \1\.qmailhost-new && if \[ -s \1\.qmailhost-new \]; then mv -f \1\.qmailhost-new \1; "
+                             r"else rm -f \1\.qmailhost-new \1; fi", command):
+            path, pattern = m[1], _bre(shlex.split(m[2])[0])
+            assert path in self.periodic_conf, f"cp: {path}: No such file or directory"
+            kept = [line for line in self.periodic_conf[path] if not pattern.search(line)]
+            if kept:
+                self.periodic_conf[path] = kept
+            else:
+                del self.periodic_conf[path]
+            return True
+        return False
+
+    def conf_value(self, path: str, variable: str) -> str | None:
+        """What sourcing PATH leaves VARIABLE set to (the last line that sets it; None: none)."""
+        found = [line.split("=", 1)[1].split()[0].strip("\"'") for line in self._fact_ConfAssignments(path, variable)]
+        return found[-1] if found else None
+
+    def daily(self) -> None:
+        """/etc/daily's night: the vulnerability list fetched when daily.conf says so."""
+        if self.conf_value("/etc/daily.conf", "fetch_pkg_vulnerabilities") == "YES":
+            self.vulnerabilities = {"age_days": 0, "findings": (self.vulnerabilities or {}).get("findings", [])}
+
+    def updates_status(self, command: str) -> str | None:
+        """What tasks/updates.py's NetBSD status script prints here (None: not that script)."""
+        from qmailhost.files import read
+
+        if command != read("updates/status.netbsd.sh"):
+            return None
+        now, vulnerabilities = 1_800_000_000, "/usr/pkg/pkgdb/pkg-vulnerabilities"  # PKGVULNDIR: PKG_DBDIR
+        if self.vulnerabilities is None:
+            return f"now\t{now}\nmissing\t{vulnerabilities}\n"
+        fetched = now - self.vulnerabilities["age_days"] * 86400
+        return f"now\t{now}\nfetched\t{fetched}\n" + "".join(f"audit\t{line}\n"
+                                                                for line in self.vulnerabilities["findings"])
 
 
 def _entry(kind: str, data: bytes, mode: str, user: str, group: str, mtime_ns: int = MTIME_NS) -> dict:
@@ -878,6 +963,14 @@ def _sed(script: str, lines: list[str]) -> list[str]:
     return [new for line in lines for new in (replacement if re.search(regex(m[1]), line) else [line])]
 
 
+# tasks/health.py's unpacking of qmailhost/runtime.py's tar (app/ and site/ swapped in), then its stamp.
+_RUNTIME_UNPACK = (r"rm -rf (?P<root>\S+)/\.new (?P=root)/\.old && mkdir -p (?P=root)/\.new && "
+                   r"tar -xzf (?P=root)/runtime\.tar\.gz -C (?P=root)/\.new && chmod -R go-w (?P=root)/\.new && "
+                   r"mkdir -p (?P=root)/\.old && for d in app site; do if \[ -d (?P=root)/\$d \]; then "
+                   r"mv (?P=root)/\$d (?P=root)/\.old/\$d; fi; mv (?P=root)/\.new/\$d (?P=root)/\$d; done && "
+                   r"rm -rf (?P=root)/\.new (?P=root)/\.old && echo (?P<digest>\w+) > \S+/stamps/(?P<stamp>\S+)\.new "
+                   r"&& mv -f \S+\.new \S+")
+
 # The recovery scripts the model answers: NetBSD's tools, spelt exactly (any other script,
 # or a GNU spelling, fails the test). Field names: what the model reads out of a script.
 _LISTING = re.escape(  # harness/old_backups.py's
@@ -926,3 +1019,21 @@ class ModelRemote:
         yield stream
         self.host.sent.append((what, script, stream.getvalue()))
         self.host.pax_read(script, stream.getvalue())
+
+
+# --- tasks/updates.py (the model's methods for it: NetBSDHost's section of its own)
+# /etc/daily.conf and /etc/security.conf as NetBSD installs them (src/etc): the defaults sourced,
+# then room for local overrides.
+PERIODIC_CONF = {
+    f"/etc/{name}.conf": [f"#\t$NetBSD: {name}.conf $", "#",
+                          f"# see {name}.conf(5) for more information.", "",
+                          f"if [ -r /etc/defaults/{name}.conf ]; then", f"\t. /etc/defaults/{name}.conf", "fi", "",
+                          "# Add local overrides below", "#"]
+    for name in ("daily", "security")
+}
+
+
+def _bre(pattern: str) -> re.Pattern:
+    """A grep basic RE of tasks/updates.py's (literal text, ^, $ and .*) as Python's."""
+    assert re.fullmatch(r"\^[\w =.*#]+\$", pattern), f"a basic RE the model does not read: {pattern}"
+    return re.compile("^" + ".*".join(re.escape(part) for part in pattern[1:-1].split(".*")) + "$")

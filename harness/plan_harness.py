@@ -57,7 +57,11 @@ def parse_commands(commands) -> list:
             if hasattr(command.src, "read"):
                 command.src.seek(0)
                 data = command.src.read()
-                data = data.decode() if isinstance(data, bytes) else data
+                if isinstance(data, bytes):  # text as text; a binary file (a tar) stays bytes
+                    try:
+                        data = data.decode()
+                    except UnicodeDecodeError:
+                        pass
             else:
                 data = str(command.src)
             parsed.append(["upload", data, str(command.dest)])

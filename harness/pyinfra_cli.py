@@ -95,9 +95,11 @@ def predicted_and_real(host: sandbox.Host, data: dict) -> tuple[list[str], list[
 
 
 def host_listing(host: sandbox.Host, roots: str = "/etc /usr /var /home /root") -> str:
-    """A checksummed listing of the host's files (content, mode, owner, mtime) for change checks."""
+    """A checksummed listing of the host's files (content, mode, owner, mtime) for change checks;
+    not logs, apt's cache, nor what the host's own scheduled checks record between deploys."""
     command = (
-        f"find {roots} -xdev \\( -path /var/cache/apt -o -path /var/log \\) -prune -o "
+        f"find {roots} -xdev \\( -path /var/cache/apt -o -path /var/log -o -path /var/lib/qmailhost/health \\) "
+        "-prune -o "
         "\\( -type f -printf '%p %m %U %G %s %T@ ' -exec sh -c 'sha256sum < \"$1\" | cut -c1-64' _ {} \\; \\) "
         "-o \\( ! -type f -printf '%p %y %m %U %G %l\\n' \\) | sort"
     )

@@ -90,6 +90,16 @@ def _verify_account(value, values: dict) -> VerifyAccount | None:
 # --- what the checks look at -------------------------------------------------------------
 
 
+def login_account(target) -> tuple[VerifyAccount | None, str]:
+    """(verify_account, "") for the checks that log in; (None, why they skip) without one, and in
+    the host's own scheduled runs (the host keeps no password: those run from the laptop)."""
+    if target.settings.verify_account is None:
+        return None, "no verify_account in the inventory"
+    if target.on_host:
+        return None, "logs in from the laptop only (the host keeps no password)"
+    return target.settings.verify_account, ""
+
+
 class Failed(Exception):
     """A check cannot go on: its message is the one-line reason (an error)."""
 
@@ -413,8 +423,9 @@ def summary_table(title: str, results: list[Result]) -> list[str]:
     return lines
 
 
-def _callback(settings: Settings, platform: Platform):
-    """The python.call function: runs the checks at execution time; False fails the operation."""
+def _callback(settings: Settings, platform: Platform, also: Callable | None = None):
+    """The python.call function: runs the checks at execution time; False fails the operation.
+    ALSO(state, host), when given, prints more after the table (whatever the checks said)."""
 
     def check_mail_host(state, host) -> bool:
         arguments = connector_arguments(state, host)
@@ -428,6 +439,8 @@ def _callback(settings: Settings, platform: Platform):
         results = run_checks(target)
         for line in summary_table(f"Status checks of {settings.hostname} (at {address})", results):
             logger.info(line)
+        if also is not None:
+            also(state, host)
         errors = [r.name for r in results if r.status == ERROR]
         if errors:
             host.log_styled(f"status checks failed: {', '.join(errors)}", fg="red", log_func=logger.error)
@@ -442,9 +455,9 @@ def connector_arguments(state, host) -> dict:
     return {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
 
 
-def verify(settings: Settings, platform: Platform) -> None:
-    """Add the checks: one operation, run after every operation added before it."""
-    python.call(name=OPERATION_NAME, function=_callback(settings, platform))
+def verify(settings: Settings, platform: Platform, also: Callable | None = None) -> None:
+    """Add the checks: one operation, run after every operation added before it (ALSO: see _callback)."""
+    python.call(name=OPERATION_NAME, function=_callback(settings, platform, also))
 
 
 def after_deploy(settings: Settings, platform: Platform) -> None:

@@ -103,11 +103,13 @@ class Settings:
                 component.validate(settings)
         return settings
 
-    def as_deployed(self) -> str:
+    def as_deployed(self, leave_out: tuple[str, ...] = ()) -> str:
         """These settings as JSON for the host's own scheduled runs (tasks/health.py), read back by
-        from_deployed: every value as parsed, but no secret. A dataclass field declared
-        ``repr=False`` (a password, an alert URL: never printed) is carried as None."""
-        return json.dumps(_encoded(self._values), sort_keys=True)
+        from_deployed: every value as parsed but those named in LEAVE_OUT, and no secret. A
+        dataclass field declared ``repr=False`` (a password, an alert URL: never printed) is
+        carried as None."""
+        kept = {name: value for name, value in self._values.items() if name not in leave_out}
+        return json.dumps(_encoded(kept), sort_keys=True)
 
     @classmethod
     def from_deployed(cls, text: str) -> Settings:

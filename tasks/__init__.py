@@ -10,6 +10,7 @@
     every TLS port  <- one pair and one policy (self-signed, files, or ACME)        tls, acme
     spamdyke, checks-> unbound on 127.0.0.1:53                                      resolver
     records.py      <- the DNS records every component declares                     dns
+    every daemon    <- security updates; a restart when one replaced its code       updates
     retired         <- TMDA's pieces, archived then removed                         tmda
 
 Each module defines ``COMPONENT`` (qmailhost/component.py), found by qmailhost/registry.py.

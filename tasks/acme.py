@@ -229,10 +229,9 @@ def renewal(platform: Platform, settings: Settings) -> None:
         if settings.tls == "acme" or host_state()["acme_cron"]:
             # Its output goes nowhere (cron would mail it to root twice a day): the outcome is in
             # the status file the acme_renewal check reads, certbot's log in its logs dir.
-            server.crontab(name="Renew the ACME certificate twice a day (cron)" if settings.tls == "acme"
-                           else "Stop renewing an ACME certificate (cron)", command=f"{mine['renew']} >/dev/null 2>&1",
-                           cron_name=CRON_NAME, minute="17", hour="*/12", user="root",
-                           present=settings.tls == "acme")
+            ops.cron(name="Renew the ACME certificate twice a day (cron)" if settings.tls == "acme"
+                     else "Stop renewing an ACME certificate (cron)", command=f"{mine['renew']} >/dev/null 2>&1",
+                     cron_name=CRON_NAME, minute="17", hour="*/12", present=settings.tls == "acme")
         return
     if settings.tls == "acme":
         services.declare(platform, services.Service(

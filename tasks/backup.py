@@ -406,9 +406,9 @@ def _schedule(platform: Platform, settings: Settings, on: bool) -> None:
         minutes = poll_interval(settings) // 60
         # Its output goes nowhere (cron would mail it every few minutes): the outcome is in the
         # status file the backup_age check reads, restic's output in backup-last.log.
-        server.crontab(name=f"Back up with restic when due (cron, every {minutes} min)" if on
-                       else "Stop backing up with restic (cron)", command=f"{mine['script']} --if-due >/dev/null 2>&1",
-                       cron_name=CRON_NAME, minute=f"*/{minutes}", user="root", present=on)
+        ops.cron(name=f"Back up with restic when due (cron, every {minutes} min)" if on
+                 else "Stop backing up with restic (cron)", command=f"{mine['script']} --if-due >/dev/null 2>&1",
+                 cron_name=CRON_NAME, minute=f"*/{minutes}", present=on)
         return
     if on:
         services.declare(platform, services.Service(

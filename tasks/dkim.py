@@ -248,7 +248,9 @@ def check_dkim_keys(target):
                         f"else echo \"absent $f\"; fi; done; [ -x {signer_file} ] || echo 'absent {signer_file}'")
     uid, *lines = output.strip().split("\n")
     absent = any(line.startswith("absent ") for line in lines)  # (only then asked: a repository is far)
-    problems, held = [], _held_back(target.settings, target.platform, target.inventory) if absent else {}
+    # (asked from the laptop only: the backups are read with its restic and password)
+    held = _held_back(target.settings, target.platform, target.inventory) if absent and not target.on_host else {}
+    problems = []
     waiting = []  # keys a restore brings back
     for line in lines:
         words = line.split()

@@ -34,7 +34,7 @@ from pyinfra.operations import systemd
 
 from qmailhost import ops
 from qmailhost.backends import services
-from qmailhost.checks import ERROR, OK, SKIPPED, TIMEOUT, one_line, tls_context
+from qmailhost.checks import ERROR, OK, SKIPPED, TIMEOUT, login_account, one_line, tls_context
 from qmailhost.component import Component, Listener, Needs, PairReader, Probe, Setting, TlsPort
 from qmailhost.facts import host_state
 from qmailhost.files import render
@@ -149,9 +149,9 @@ def _imap_ports(settings: Settings) -> tuple[TlsPort, ...]:
 
 def check_imap_login(target):
     """verify_account logs in on every IMAP port once TLS is up and opens INBOX; a wrong password is refused."""
-    account = target.settings.verify_account
+    account, why_not = login_account(target)
     if account is None:
-        return SKIPPED, "no verify_account in the inventory"
+        return SKIPPED, why_not
     opened = []
     for tls_port in _imap_ports(target.settings):
         with target.tls_session(tls_port, tls_context()) as client:

@@ -5,7 +5,8 @@ pkgsrc's qmail package (NetBSD: NEEDS decides). Its
 control files are managed as whole files (diffable with --dry --diff); qmail-send
 delivers to each user's ./Maildir/. Neighbours: qmail-smtpd (port 25, tasks/smtpd.py) and
 ofmipd (tasks/submission.py) queue through qmail-queue; qmail-send picks the mail up. Its
-status check watches the queue (queue.sh, read-only).
+status checks watch the queue (queue.sh, read-only) and the remote deliveries qmail-send
+logged since the host last looked (deliveries.sh: bounces, domains deferred again and again).
 
 Outbound TLS: how qmail-remote (built with the qmail-tls patch, files/qmail/build.sh) treats each peer.
 
@@ -30,13 +31,14 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pyinfra.api import deploy
 
 from qmailhost import builds, ops
 from qmailhost.backends import rcd, services
-from qmailhost.checks import ERROR, OK, WARNING, age
+from qmailhost.checks import ERROR, OK, WARNING, Failed, age, one_line
 from qmailhost.component import Component, Listener, Needs, Setting
 from qmailhost.files import render
 from qmailhost.platform import Platform
@@ -370,6 +372,169 @@ def check_queue(target):
     return OK, summary + (f", oldest {age(oldest)}" if count else "")
 
 
+# --- status check: remote deliveries, from qmail-send's log
+
+
+@dataclass(frozen=True)
+class SendLog:
+    """Where qmail-send's log lands: FILES, oldest first (shell globs; "{log_dir}" is the
+    platform's; the last is the one being written); and how its lines begin: STAMP "tai64n"
+    (multilog's @label) or "syslog" (syslogd's "Mmm dd hh:mm:ss HOST TAG:", TAG qmail-send's)."""
+
+    files: tuple[str, ...]
+    stamp: str
+    tag: str = ""
+
+
+# Debian: multilog's directory under daemontools (qmailhost/backends/daemontools.py: current and
+# 9 older files of 1 MB, each named by the TAI64N label of its turn-over). NetBSD: qmail-run's
+# rc.d script pipes it to logger (rcd.logging: tag nbqmail/send, mail.info), which NetBSD's
+# syslog.conf writes to maillog in syslogd's BSD format; newsyslog turns that over daily into maillog.0.gz.
+SEND_LOGS = {
+    "debian": SendLog(("{log_dir}/qmail-send/@*.[su]", "{log_dir}/qmail-send/current"), "tai64n"),
+    "netbsd": SendLog(("{log_dir}/maillog.0.gz", "{log_dir}/maillog"), "syslog", tag="nbqmail/send"),
+}
+WINDOW = 3600  # seconds looked back when the host runs no checks of its own (health_every: null)
+LOG_LINES = 20_000  # the newest delivery lines read at most (a very busy day of a personal host)
+# More deferrals of one domain since its last success warn. qmail-send retries a remote message
+# 0, 7, 27 and 60 minutes after it was queued (400 s times the square of the attempt), so 4 is one
+# message undelivered for an hour, or several waiting; a greylisting peer defers once, then accepts.
+DEFERRALS = 3
+TAI64_EPOCH = 2**62 + 10  # a TAI64 label's seconds at 1970-01-01 UTC, as multilog and tai64nlocal count
+
+_TAI64N_LINE = re.compile(r"^@([0-9a-f]{24}) (.*)$")
+_SYSLOG_LINE = re.compile(r"^([A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d) \S+ ([^\s\[:]+)(?:\[\d+\])?: (.*)$")
+_STARTING = re.compile(r"^starting delivery (\d+): msg \d+ to (local|remote) (\S+)$")
+_OUTCOME = re.compile(r"^delivery (\d+): (success|deferral|failure): ?(.*)$")
+
+
+@dataclass
+class DomainDeliveries:
+    """One recipient domain's remote deliveries in the window, as qmail-send logged their outcome."""
+
+    accepted: int = 0
+    deferrals: int = 0
+    bounced: int = 0
+    deferred_since_accepted: int = 0
+    last_problem: tuple[float, str] = (0.0, "")  # (when, qmail-remote's words) of its latest deferral or bounce
+
+
+def tai64n_seconds(label: str) -> float:
+    """UNIX time of a TAI64N label (24 hex digits, after multilog's "@"): as tai64nlocal reads it,
+    the first 16 digits are TAI64_EPOCH plus the seconds, the next 8 the nanoseconds."""
+    return int(label[:16], 16) - TAI64_EPOCH + int(label[16:24], 16) / 1e9
+
+
+def syslog_seconds(stamp: str, now: float, zone: timezone) -> float:
+    """UNIX time of a syslog stamp ("Nov  4 22:13:01": the host's local time, no year), read in
+    ZONE (the host's UTC offset now: across a daylight saving change it is an hour off) and in
+    the year that puts it no later than a day after NOW."""
+    year = datetime.fromtimestamp(now, zone).year
+    for candidate in (year, year - 1):
+        try:
+            when = datetime.strptime(f"{candidate} {stamp}", "%Y %b %d %H:%M:%S").replace(tzinfo=zone).timestamp()
+        except ValueError:  # 29 February, in a year without one
+            continue
+        if when <= now + 86400:
+            return when
+    return float("-inf")
+
+
+def read_send_log(output: str) -> tuple[float, timezone, str | None, list[str]]:
+    """deliveries.sh's output: the host's clock and UTC offset, the log it found missing (None:
+    there), and the delivery lines."""
+    lines = output.splitlines()
+    clock = lines[0].split() if lines else []
+    if len(clock) != 3 or clock[0] != "now" or not clock[1].isdigit():
+        raise Failed(f"qmail-send's log: no clock line from the host ({one_line(output[:80]) or 'no output'})")
+    zone = datetime.strptime(clock[2], "%z").tzinfo
+    missing = next((line.removeprefix("missing ") for line in lines[1:] if line.startswith("missing ")), None)
+    return int(clock[1]), zone, missing, [line for line in lines[1:] if not line.startswith("missing ")]
+
+
+def log_entries(lines: list[str], log: SendLog, now: float, zone: timezone) -> list[tuple[float, str]]:
+    """(UNIX time, qmail-send's message) of each of its lines; others (other programs in a shared
+    syslog file, a cut line) dropped."""
+    entries = []
+    for line in lines:
+        if log.stamp == "tai64n" and (m := _TAI64N_LINE.match(line)):
+            entries.append((tai64n_seconds(m[1]), m[2]))
+        elif log.stamp == "syslog" and (m := _SYSLOG_LINE.match(line)) and m[2] == log.tag:
+            entries.append((syslog_seconds(m[1], now, zone), m[3]))
+    return entries
+
+
+def remote_deliveries(entries: list[tuple[float, str]], since: float) -> dict[str, DomainDeliveries]:
+    """Each recipient domain's remote deliveries whose outcome was logged at SINCE or later. An
+    outcome names only its delivery's number (reused over time): the latest "starting delivery"
+    line with that number says where it went."""
+    started: dict[str, str | None] = {}
+    domains: dict[str, DomainDeliveries] = {}
+    for when, message in entries:
+        if start := _STARTING.match(message):
+            started[start[1]] = start[3].rpartition("@")[2].lower() if start[2] == "remote" else None
+            continue
+        outcome = _OUTCOME.match(message)
+        if not outcome or when < since or not (domain := started.get(outcome[1])):
+            continue
+        tally = domains.setdefault(domain, DomainDeliveries())
+        if outcome[2] == "success":
+            tally.accepted += 1
+            tally.deferred_since_accepted = 0
+            continue
+        if outcome[2] == "failure":
+            tally.bounced += 1
+        else:
+            tally.deferrals += 1
+            tally.deferred_since_accepted += 1
+        tally.last_problem = (when, _report(outcome[3]))
+    return domains
+
+
+def _report(words: str) -> str:
+    """qmail-remote's report as qmail-send logs it (spaces as "_", each line ended by "/"), readable."""
+    return one_line(words.replace("_", " ").rstrip("/"), 100)
+
+
+def _failing(tally: DomainDeliveries) -> str:
+    return ", ".join(part for part in (f"{tally.bounced} bounced" if tally.bounced else "",
+                                       f"{tally.deferred_since_accepted} deferred" if tally.deferred_since_accepted
+                                       else "") if part)
+
+
+def _span(seconds: int) -> str:
+    return f"{seconds // 3600} h" if seconds % 3600 == 0 else f"{seconds // 60} min"
+
+
+def check_deliveries(target):
+    """Remote deliveries since the host last looked (health_every, else WINDOW) are not failing, as
+    qmail-send logged them on the host: no bounce, and no domain deferred more than DEFERRALS
+    times since its last success."""
+    platform, window = target.platform, target.settings.health_every or WINDOW
+    log = SEND_LOGS[platform.name]
+    files = [name.format(log_dir=platform.log_dir) for name in log.files]
+    now, zone, missing, lines = read_send_log(target.run(render(
+        "qmail/deliveries.sh.j2", files=" ".join(files), live=files[-1], minutes=window // 60 + 2, lines=LOG_LINES)))
+    if missing:
+        return WARNING, f"{missing} is missing: qmail-send's deliveries cannot be seen"
+    domains = remote_deliveries(log_entries(lines, log, now, zone), now - window)
+    failing = sorted((domain for domain, tally in domains.items()
+                      if tally.bounced or tally.deferred_since_accepted > DEFERRALS),
+                     key=lambda domain: (-domains[domain].bounced, -domains[domain].deferred_since_accepted, domain))
+    if failing:
+        named = ", ".join(f"{domain} {_failing(domains[domain])}" for domain in failing[:3])
+        more = f" and {len(failing) - 3} more" if len(failing) > 3 else ""
+        last = max(failing, key=lambda domain: domains[domain].last_problem[0])
+        return WARNING, (f"remote deliveries failing in the last {_span(window)}: {named}{more}; "
+                         f"last, to {last}: {domains[last].last_problem[1]}")
+    accepted, deferrals = sum(t.accepted for t in domains.values()), sum(t.deferrals for t in domains.values())
+    count = accepted + deferrals  # (no bounce, or it would be failing)
+    if not count:
+        return OK, f"no remote deliveries in the last {_span(window)}"
+    return OK, (f"{count} remote deliver{'y' if count == 1 else 'ies'} in the last {_span(window)}: "
+                f"{accepted} accepted" + (f", {deferrals} deferred" if deferrals else ""))
+
+
 COMPONENT = Component(
     name="qmail",
     needs=lambda platform, _settings: NEEDS[platform.name],
@@ -396,5 +561,5 @@ COMPONENT = Component(
     managed_roots=lambda p: (f"2:{p.control_dir}", f"1:{p.qmail_home}/alias", f"0:{p.qmail_home}/rc",
                              *(f"0:{link}" for link in PATHS[p.name].sendmail_links)),
     listeners=lambda settings: (Listener("qmail-send", "qmailsend", "queue delivery", None, public=False),),
-    checks=(check_queue,),
+    checks=(check_queue, check_deliveries),
 )

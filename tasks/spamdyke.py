@@ -6,16 +6,17 @@ every new connection, so changing them (or a renewed pair) restarts nothing.
 """
 
 import ipaddress
+import re
 
 from pyinfra.api import deploy
 
 from qmailhost import builds, ops
-from qmailhost.checks import ERROR, OK, SKIPPED
+from qmailhost.checks import ERROR, OK, SKIPPED, WARNING
 from qmailhost.component import Component, Needs, Setting
 from qmailhost.files import render
 from qmailhost.platform import Platform
 from qmailhost.settings import Settings, SettingsError, mapping
-from tasks import resolver, tls
+from tasks import dns, resolver, tls
 
 # spamdyke's filters on port 25 and their defaults. dns_blacklists needs working DNS on the host.
 FILTERS = {
@@ -77,7 +78,7 @@ def smtp_config(platform: Platform, settings: Settings) -> str:
     return path
 
 
-# --- status check ---------------------------------------------------------------------------
+# --- status checks --------------------------------------------------------------------------
 
 # What a DNS blocklist answers for its test points (RFC 5782): 127.0.0.2 is listed, 127.0.0.1
 # is not. Spamhaus answers 127.255.255.252-255 instead when it refuses the resolver asking
@@ -126,13 +127,125 @@ def _addresses(output: str) -> list[ipaddress.IPv4Address]:
     return found
 
 
+# --- the host's own listings
+
+# Domain blocklists list in 127.0.1.0/24 (Spamhaus DBL) or, as others do, in 127.0.0.0/24; they
+# refuse a resolver in 127.255.255.0/24 as the address lists do.
+DOMAIN_LISTING = (ipaddress.ip_network("127.0.1.0/24"), LISTING)
+
+
+def check_listed(target):
+    """Neither the host's public IPv4 addresses are on the DNS blocklists spamdyke asks, nor its
+    domains on domain_blocklists (receivers asking the same lists would refuse or junk its mail):
+    asked through the host's own resolver, as spamdyke asks. A list refusing that resolver is a
+    warning (its listings are unknown), never a listing."""
+    settings, questions, skipped = target.settings, [], []
+    zones = settings.spamdyke_filters["dns_blacklists"]
+    addresses, no_address = _public_ipv4(target) if zones else ([], "no dns_blacklists in spamdyke_filters")
+    questions += [(address, zone, f"{_reversed(address)}.{zone}", (LISTING,))
+                  for address in addresses for zone in zones]
+    if not addresses:
+        skipped.append(no_address)
+    domains = [domain for domain in own_domains(settings) if not _reserved(domain)]
+    questions += [(domain, zone, f"{domain}.{zone}", DOMAIN_LISTING)
+                  for domain in domains for zone in settings.domain_blocklists]
+    if not settings.domain_blocklists:
+        skipped.append("no domain_blocklists")
+    elif not domains:
+        skipped.append(f"no public domain ({', '.join(own_domains(settings))}: reserved, never public)")
+    listed, odd, refused, clean = [], [], {}, {}
+    for what, zone, name, listings in questions:
+        if zone in refused:
+            continue
+        answers = _addresses(target.run(resolver.query_command(target.platform, name)))
+        listing = next((a for a in answers if any(a in network for network in listings)), None)
+        refusal = next((a for a in answers if a in REFUSAL), None)
+        if listing is not None:
+            listed.append(f"{what} on {zone} ({listing})")
+        elif refusal is not None:
+            refused[zone] = f"{zone} refuses this resolver ({refusal}): its listings are unknown"
+        elif answers:
+            odd.append(f"{zone} answered {answers[0]} for {what}, not a listing code")
+        else:
+            clean.setdefault(zone, []).append(what)
+    warnings = odd + list(refused.values())
+    if listed:
+        return ERROR, "; ".join([f"listed: {', '.join(listed)}", *warnings])
+    if warnings:
+        return WARNING, "; ".join(warnings)
+    if not clean:
+        return SKIPPED, "; ".join(skipped)
+    return OK, "; ".join([*(f"{', '.join(whats)} not on {zone}" for zone, whats in clean.items()), *skipped])
+
+
+def own_domains(settings) -> list[str]:
+    """The domains the host's mail comes from: domains, and the hostname's own (minus its first
+    label) when it is not one of them."""
+    labels = settings.hostname.split(".")
+    return list(dict.fromkeys([*settings.domains, ".".join(labels[1:]) if len(labels) > 2 else settings.hostname]))
+
+
+def _public_ipv4(target) -> tuple[list[str], str]:
+    """The IPv4 addresses the Internet sees the host at: public_addresses, else the host's own as
+    tasks/dns.py lists them (read on the host now), without the private ones; with none, why."""
+    given = target.settings.public_addresses
+    listing = f"{{ {dns.ADDRESS_LISTING[target.platform.name]}; }} 2>/dev/null"
+    found = [ipaddress.ip_address(a) for a in given or interface_addresses(target.run(listing))]
+    ipv4 = [a for a in found if a.version == 4 and not (a.is_loopback or a.is_link_local)]
+    public = [str(a) for a in ipv4 if a.is_global]
+    where = "public_addresses" if given else "the host's addresses"
+    if public:
+        return public, ""
+    if not ipv4:
+        return [], f"no public address: {where} hold no IPv4 address"
+    return [], (f"no public address: {where} ({', '.join(map(str, ipv4))}) are private (behind NAT?)"
+                + ("" if given else "; public_addresses names the one the Internet sees"))
+
+
+def interface_addresses(output: str) -> list[str]:
+    """Each address after an "inet" or "inet6" word (ifconfig's lines, or tasks/dns.py's listing), its
+    prefix length and zone removed."""
+    words = output.split()
+    found = []
+    for word, after in zip(words, words[1:], strict=False):
+        if word in ("inet", "inet6"):
+            address = after.split("/")[0].split("%")[0]
+            try:
+                found.append(str(ipaddress.ip_address(address)))
+            except ValueError:
+                continue
+    return list(dict.fromkeys(found))
+
+
+def _reversed(address: str) -> str:
+    return ".".join(reversed(address.split(".")))
+
+
+def _reserved(name: str) -> bool:
+    """A name under a reserved domain (.test, .example, ...): no blocklist can list it."""
+    return any(name == suffix or name.endswith("." + suffix) for suffix in dns.RESERVED_DOMAINS)
+
+
+# --- settings ------------------------------------------------------------------------------
+
 _ZONE = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"
+
+
+def _zones(setting: str, example: str):
+    """A parser: a list of DNS zone names (blocklists)."""
+
+    def parse(value, _values=None) -> list[str]:
+        if not isinstance(value, list | tuple) or \
+                not all(isinstance(z, str) and re.fullmatch(_ZONE, z) for z in value):
+            raise SettingsError(setting, f"{value!r} is not a list of DNS zone names",
+                                f"write it as a list, e.g. [\"{example}\"], or [] for none")
+        return list(value)
+
+    return parse
 
 
 def _filters(value, _values=None) -> dict:
     """FILTERS with the inventory's values laid over them, each of its own kind."""
-    import re
-
     filters = dict(FILTERS)
     filters.update(mapping("spamdyke_filters", value))
     unknown = sorted(set(filters) - set(FILTERS))
@@ -148,11 +261,7 @@ def _filters(value, _values=None) -> dict:
             raise SettingsError(f"spamdyke_filters.{name}", f"{given!r} is not a whole number from 0 to 10000",
                                 "set it to a number in that range")
         if isinstance(default, list):
-            if not isinstance(given, list | tuple) or \
-                    not all(isinstance(z, str) and re.fullmatch(_ZONE, z) for z in given):
-                raise SettingsError(f"spamdyke_filters.{name}", f"{given!r} is not a list of DNS zone names",
-                                    "write it as a list, e.g. [\"zen.spamhaus.org\"], or [] for none")
-            filters[name] = list(given)
+            filters[name] = _zones(f"spamdyke_filters.{name}", "zen.spamhaus.org")(given)
     return filters
 
 
@@ -161,6 +270,9 @@ COMPONENT = Component(
     needs=lambda platform, _settings: NEEDS[platform.name],
     settings=(Setting("spamdyke_filters", FILTERS, _filters,
                       "spamdyke on port 25; default: rDNS checks, `zen.spamhaus.org`, 5 s greeting delay, "
-                      "50 recipients"),),
-    checks=(check_blocklists_answer,),
+                      "50 recipients"),
+              Setting("domain_blocklists", ["dbl.spamhaus.org"], _zones("domain_blocklists", "dbl.spamhaus.org"),
+                      "domain blocklists the `listed` check asks about the host's domains (its addresses: "
+                      "on `dns_blacklists`); `[]`: none"),),
+    checks=(check_blocklists_answer, check_listed),
 )

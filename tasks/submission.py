@@ -23,7 +23,7 @@ from pyinfra.api import deploy
 
 from qmailhost import ops, tcprules
 from qmailhost.backends import rcd, services
-from qmailhost.checks import ERROR, FOREIGN, OK, SKIPPED, STRANGER, tls_context
+from qmailhost.checks import ERROR, FOREIGN, OK, SKIPPED, STRANGER, login_account, tls_context
 from qmailhost.component import Component, Listener, Needs, Setting
 from qmailhost.facts import STATE_DIR
 from qmailhost.files import read, render
@@ -271,9 +271,9 @@ def check_submission_requires_auth(target):
 
 def check_wrong_password_refused(target):
     """AUTH with a wrong password fails with 535."""
-    account = target.settings.verify_account
+    account, why_not = login_account(target)
     if account is None:
-        return SKIPPED, "no verify_account in the inventory"
+        return SKIPPED, why_not
     code = _auth(target, account.name, "wrong-" + secrets.token_hex(8))
     if code == 235:
         return ERROR, f"a wrong password for {account.name} was accepted"
@@ -284,9 +284,9 @@ def check_wrong_password_refused(target):
 
 def check_account_can_submit(target):
     """The test account logs in and may send."""
-    account = target.settings.verify_account
+    account, why_not = login_account(target)
     if account is None:
-        return SKIPPED, "no verify_account in the inventory"
+        return SKIPPED, why_not
     address = f"{account.name}@{target.settings.primary_domain}"
     with target.submission(tls_context()) as client:
         code, _ = client.login(account.name, account.password)  # as a mail client: with what the EHLO offers

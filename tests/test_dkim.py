@@ -30,6 +30,7 @@ from harness.pyinfra_cli import predicted_and_real, pyinfra
 from qmailhost import checks
 from qmailhost.platform import debian
 from tasks.dns import txt_strings as dns_txt_strings
+from tasks.health import SETTINGS_COPY
 
 pytest.importorskip("dns.zone", reason="dnspython is not installed (the test extra installs it)")
 dkim = pytest.importorskip("dkim", reason="dkimpy is not installed (the test extra installs it)")
@@ -306,7 +307,8 @@ def test_port_25_adds_authentication_results_pass_fail_none_temperror_and_spf(wo
 def test_a_rotation_publishes_old_and_new_side_by_side_and_signs_with_the_new(world):
     rotated = {**world.data, "dkim_selector": "mail2", "dkim_retired_selectors": ["mail"]}
     planned, changed, restarted = predicted_and_real(world.host, rotated)
-    assert planned == changed == sorted([f"Make the DKIM rsa key mail2 for {DOMAIN}", "Write the DKIM signing table"])
+    assert planned == changed == sorted([f"Make the DKIM rsa key mail2 for {DOMAIN}", "Write the DKIM signing table",
+                                         SETTINGS_COPY])
     assert restarted == set()  # the table is read per message
     text = records(world, rotated)
     assert f"mail._domainkey.{DOMAIN}." in text and f"mail2._domainkey.{DOMAIN}." in text
@@ -316,7 +318,7 @@ def test_a_rotation_publishes_old_and_new_side_by_side_and_signs_with_the_new(wo
     verdict, received = peer_verifies(world, subject)
     assert verdict == "signature ok" and "s=mail2" in received
     planned, changed, _ = predicted_and_real(world.host, world.data)  # back: the old key signs again
-    assert planned == changed == ["Write the DKIM signing table"]
+    assert planned == changed == ["Write the DKIM signing table", SETTINGS_COPY]
     assert world.host.ssh(f"test -f /etc/qmailhost/dkim/keys/{DOMAIN}/mail2.key", check=False).returncode == 0
 
 

@@ -24,6 +24,7 @@ import pytest
 from harness import images, imap, sandbox
 from harness.mail import message, submit, tls_context, wait_for_delivery
 from harness.pyinfra_cli import predicted_and_real, pyinfra
+from tasks.health import SETTINGS_COPY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 USER, DOMAIN = sandbox.SANDBOX_USER, sandbox.SANDBOX_DOMAIN
@@ -158,14 +159,14 @@ def test_flags_set_over_imap_are_the_maildirs_suffixes(imaphost, two_messages):
 def test_143_off_and_on_again_is_predicted_exactly(imaphost):
     # The caps follow the ports Dovecot listens on (tasks/limits.py).
     planned, changed, restarted = predicted_and_real(imaphost, {"imap_port": None})
-    assert planned == changed == ["Load the per-address connection caps", "Restart dovecot", "Write Dovecot's config", "Write the per-address connection caps (nftables)"]
+    assert planned == changed == ["Load the per-address connection caps", "Restart dovecot", "Write Dovecot's config", "Write the per-address connection caps (nftables)", SETTINGS_COPY]
     assert restarted == {"dovecot"}
     assert closed(imaphost, 143)
     assert "143" not in imaphost.ssh("nft list table inet qmailhost_limits").stdout
     imap.login_when_up(imaphost, USER, password())
     assert pyinfra(imaphost, data={"imap_port": None}).changed() == []
     planned, changed, restarted = predicted_and_real(imaphost, {})
-    assert planned == changed == ["Load the per-address connection caps", "Restart dovecot", "Write Dovecot's config", "Write the per-address connection caps (nftables)"]
+    assert planned == changed == ["Load the per-address connection caps", "Restart dovecot", "Write Dovecot's config", "Write the per-address connection caps (nftables)", SETTINGS_COPY]
     assert restarted == {"dovecot"}
     assert "143" in imaphost.ssh("nft list table inet qmailhost_limits").stdout
     imap.login_when_up(imaphost, USER, password(), port=143)
@@ -175,7 +176,8 @@ def test_pop3_is_a_setting_off_by_default(imaphost, two_messages):
     assert closed(imaphost, 995)
     planned, changed, restarted = predicted_and_real(imaphost, {"pop3s_port": 995})
     assert planned == changed == ["Install the base packages", "Load the per-address connection caps", "Restart dovecot",
-                                  "Write Dovecot's config", "Write the per-address connection caps (nftables)"]
+                                  "Write Dovecot's config", "Write the per-address connection caps (nftables)",
+                                  SETTINGS_COPY]
     assert restarted == {"dovecot"}
     verifying = imap.verifying_context(imaphost.cafile)  # the chain and the name, as a mail client checks them
     with imap.resolving(imap.HOSTNAME, imaphost.address):
@@ -188,7 +190,7 @@ def test_pop3_is_a_setting_off_by_default(imaphost, two_messages):
     finally:
         client.quit()
     planned, changed, restarted = predicted_and_real(imaphost, {})
-    assert planned == changed == ["Load the per-address connection caps", "Restart dovecot", "Write Dovecot's config", "Write the per-address connection caps (nftables)"]  # the package stays
+    assert planned == changed == ["Load the per-address connection caps", "Restart dovecot", "Write Dovecot's config", "Write the per-address connection caps (nftables)", SETTINGS_COPY]  # the package stays
     assert closed(imaphost, 995)
 
 

@@ -14,6 +14,7 @@ import pytest
 from harness import imap, sandbox
 from harness.mail import message, submit, submit_when_up, tls_context, wait_for_delivery
 from harness.pyinfra_cli import pyinfra
+from tasks.health import SETTINGS_COPY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 USER, DOMAIN = sandbox.SANDBOX_USER, sandbox.SANDBOX_DOMAIN
@@ -166,8 +167,9 @@ def test_a_domain_change_touches_only_what_reads_it(mailhost):
     dry = mailhost.deploy("--dry", "--diff", data=data)
     assert sorted(dry.planned()) == ["Make the DKIM rsa key mail for other.test", "Reload qmail-send",
                                      "Write /etc/qmailhost/senders.json",  # what a logged-in account may send as
-                                     "Write control/locals", "Write control/rcpthosts", "Write the DKIM signing table"]
-    assert "+ other.test" in dry.output and dry.output.count("Will modify") == 4  # and the table and senders.json
+                                     "Write control/locals", "Write control/rcpthosts", "Write the DKIM signing table",
+                                     SETTINGS_COPY]  # (the host's scheduled checks read the domains too)
+    assert "+ other.test" in dry.output and dry.output.count("Will modify") == 5  # and the table, senders.json, health.json
     real = mailhost.deploy("--diff", data=data)
     assert sorted(real.changed()) == sorted(dry.planned())
     assert host.ssh("cat /var/qmail/control/locals").stdout.split()[-1] == "other.test"

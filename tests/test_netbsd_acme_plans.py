@@ -15,7 +15,6 @@ stunnel rc.d script has no reload), each of them only if it runs, and measures t
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -23,12 +22,13 @@ import pytest
 from pyinfra.api import FunctionCommand
 
 from harness import netbsd_host
-from harness.netbsd_host import ROOT_CRONTAB, NetBSDHost, converged_host, deploy_data
+from harness.netbsd_host import HEALTH_CRON, HEALTH_PACKAGES, ROOT_CRONTAB, NetBSDHost, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, uploaded
 from qmailhost import platform as platforms
 from qmailhost import recovery
 from qmailhost.settings import Settings, SettingsError
 from tasks import acme, tls
+from tasks.health import SETTINGS_COPY
 from tests.test_netbsd_recovery_plans import RESTORE, execute, old_backup
 from tests.test_netbsd_recovery_plans import plan as recovery_plan
 
@@ -145,8 +145,8 @@ def test_a_bare_host_installs_certbot_and_writes_the_hook_and_renewal_script(bar
     install = commands[0]
     assert install.startswith("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install ")
     # pkgsrc's certbot beside the other components' packages (in component order: tasks/)
-    assert install.split()[4:] == ["python313", "py313-certbot", "checkpassword", "py313-dkim", "py313-spf", "dovecot",
-                                   "qmail-run", "ucspi-tcp", "unbound", "stunnel"]
+    assert install.split()[4:] == ["python313", "py313-certbot", "checkpassword", "py313-dkim", "py313-spf",
+                                   *HEALTH_PACKAGES, "dovecot", "qmail-run", "ucspi-tcp", "unbound", "stunnel"]
     assert f"mkdir -p {MINE}" in commands and f"chown root:wheel {MINE} && chmod 700 {MINE}" in commands
     for script in (HOOK, RENEW):  # root's only, written whole, before the order runs the hook
         assert f"chown root:wheel {script}.qmailhost-new && chmod 700 {script}.qmailhost-new " \
@@ -190,7 +190,7 @@ def test_a_bare_host_gets_a_line_for_the_renewal_in_roots_crontab(bare):
                        f"echo '{CRON}' >> {temp}", f"crontab -u root {temp}"]
     host = host.copy()
     host.apply(plan)
-    assert host.crontab == [*ROOT_CRONTAB, "", CRON_NAME, CRON], "the base system's lines are kept"
+    assert host.crontab == [*ROOT_CRONTAB, "", CRON_NAME, CRON, *HEALTH_CRON], "the base system's lines are kept"
     assert host.acme_cron
 
 
@@ -307,18 +307,16 @@ def test_switching_back_to_self_signed_removes_the_cron_line_and_makes_a_self_si
     names = [name for name, _ in plan]
     # a CA-issued certificate for the same name is not kept as the self-signed pair
     assert names == ["Make a self-signed certificate for mail.example.org", "Run stunnel (restart on change)",
-                     "Reload dovecot", "Stop renewing an ACME certificate (cron)"]
+                     "Reload dovecot", "Stop renewing an ACME certificate (cron)", SETTINGS_COPY]
     cron = [c for name, c in plan if name == "Stop renewing an ACME certificate (cron)"][0]
-    temp = cron[0].rsplit(" ", 1)[1]
-    # pyinfra finds the entry by its name and deletes the line holding its command (sed's
-    # backup suffix is pyinfra's timestamp, %y%m%d%H%M, attached to -i as NetBSD's sed takes it)
-    assert len(cron) == 3 and cron[0] == f"crontab -l -u root > {temp}" and cron[2] == f"crontab -u root {temp}"
-    delete = re.escape(r"'/.*\/usr\/pkg\/etc\/qmailhost\/acme\/renew >\/dev\/null 2>&1.*/d'")
-    assert re.fullmatch(rf"sed -i\.(\d{{10}}) {delete} {temp} && rm -f {temp}\.\1", cron[1]), cron[1]
+    # the line and its name comment go in one rewrite (qmailhost/ops.py cron: pyinfra's own removal
+    # leaves the comment, which would then name the health entry after it)
+    assert cron == ["t=$(mktemp) && crontab -l -u root > $t && sed -i.bak -e '/^# pyinfra-name=qmailhost: renew "
+                    "the ACME certificate$/d' -e '/\\/usr\\/pkg\\/etc\\/qmailhost\\/acme\\/renew >\\/dev\\/null 2>&1/d' $t && "
+                    "crontab -u root $t; s=$?; rm -f $t $t.bak; exit $s"]
     assert not [c for c in commands_of(plan) if "certbot" in c or HOOK in c]
     host.apply(plan)
-    # only the line goes: pyinfra leaves the blank line and the name's comment (cron ignores both)
-    assert host.crontab == [*ROOT_CRONTAB, "", CRON_NAME] and not host.acme_cron
+    assert host.crontab == [*ROOT_CRONTAB, "", *HEALTH_CRON] and not host.acme_cron
     assert host.cert["self"] and host.cert["sha256"] != host.acme["sha256"]
     assert plan_deploy(deploy_data(tls="self-signed"), host.answer) == []
     # and back to acme: the lineage is the host's name's, so the hook installs it; no order
@@ -326,9 +324,8 @@ def test_switching_back_to_self_signed_removes_the_cron_line_and_makes_a_self_si
     assert INSTALL in [name for name, _ in plan] and not [c for c in commands_of(plan) if "certbot" in c]
     host.apply(plan)
     assert host.acme_cron and len(host.orders) == 1
-    # the leftover comment ends the crontab, so pyinfra's Crontab fact ties it to no entry: the
-    # line is appended again under a comment of its own
-    assert host.crontab == [*ROOT_CRONTAB, "", CRON_NAME, "", CRON_NAME, CRON]
+    # no leftover comment: the line is appended again under its name, after the health entry
+    assert host.crontab == [*ROOT_CRONTAB, "", *HEALTH_CRON, "", CRON_NAME, CRON]
     assert plan_deploy(deploy_data(**ACME), host.answer) == []
 
 

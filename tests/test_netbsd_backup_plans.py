@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.netbsd_host import ROOT_CRONTAB, NetBSDHost, deploy_data
+from harness.netbsd_host import HEALTH_CRON, ROOT_CRONTAB, NetBSDHost, deploy_data
 from harness.plan_harness import PROJECT, commands_of, index, plan_deploy, uploaded
 from qmailhost import platform as platforms
 from qmailhost.settings import SettingsError
 from tasks import backup
+from tasks.health import SETTINGS_COPY
 
 NETBSD = platforms.netbsd("10")
 MINE = "/usr/pkg/etc/qmailhost/backup"
@@ -154,7 +155,7 @@ def test_a_bare_host_gets_a_cron_line_that_runs_the_script_when_due(bare, conver
                        f"echo '{CRON}' >> {temp}", f"crontab -u root {temp}"]
     assert index(commands_of(planned), f"mv -f {SCRIPT}.qmailhost-new {SCRIPT}") < \
         index(commands_of(planned), f"crontab -u root {temp}"), "the script is in place before cron runs it"
-    assert converged.crontab == [*ROOT_CRONTAB, "", CRON_NAME, CRON], "the base system's lines are kept"
+    assert converged.crontab == [*ROOT_CRONTAB, "", CRON_NAME, CRON, *HEALTH_CRON], "the base system's lines are kept"
     assert not [t for t in texts(planned) if "qmailhost-backup" in t], "no supervised loop on NetBSD"
 
 
@@ -197,7 +198,7 @@ def test_rest_repositories_get_no_retention_and_a_shorter_interval_polls_more_of
                       "/var/lib/qmailhost/backup-last-try /var/lib/qmailhost/backup-last-check"]
     assert not [name for name, _ in planned if "bk:pw" in name], "the repository's credentials are no name"
     host.apply(planned)
-    assert host.crontab[-1] == f"*/2 * * * * {SCRIPT} --if-due >/dev/null 2>&1"
+    assert host.crontab[-4] == f"*/2 * * * * {SCRIPT} --if-due >/dev/null 2>&1"
     planned = plan(host, settings(password_file, backup_keep={"daily": 3, "weekly": 0}))
     forget = "step forget --prune --tag qmailhost --host mail.example.org --group-by host,tags --keep-daily 3 "
     assert f"{forget}--keep-monthly 12 ||" in uploaded(planned, SCRIPT), "a count of 0 is left out, not passed to restic"
@@ -207,7 +208,7 @@ def test_unsetting_the_repository_retires_the_cron_line_and_the_secret_files(con
     host = converged.copy()
     off = deploy_data(backup_dir="/nonexistent/qmailhost-backups")
     planned = plan(host, off)
-    assert [name for name, _ in planned] == [STOP, *REMOVED]
+    assert [name for name, _ in planned] == [STOP, *REMOVED, SETTINGS_COPY]
     assert [c for name, c in planned if name in REMOVED] == [[f"rm -f {PASSWORD}"], [f"rm -f {ENV}"], [f"rm -f {SCRIPT}"]]
     assert not [c for c in commands_of(planned) if "restic" in c and "crontab" not in c], "the repository is untouched"
     host.apply(planned)

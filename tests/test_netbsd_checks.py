@@ -7,7 +7,9 @@ on every platform, proven against a real Debian host in tests/test_verify.py).
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from unittest import mock
 
 import pytest
@@ -22,7 +24,8 @@ from qmailhost.settings import Settings
 LINUX_ONLY = ("svstat", "svok", "/etc/service", "-printf", "getent shadow", "sha256sum", "stat -c", "dpkg",
               "/etc/init.d", "systemctl")
 DATA = {"hostname": "mail.example.org", "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}]}
-HOST_SIDE = {"services_up", "queue", "no_tmda_leftovers", "submission_mode", "blocklists_answer", "dkim_keys"}
+HOST_SIDE = {"services_up", "queue", "no_tmda_leftovers", "submission_mode", "blocklists_answer", "dkim_keys",
+             "updates"}
 KEYS, SIGNER = "/usr/pkg/etc/qmailhost/dkim/keys", "/usr/pkg/etc/qmailhost/dkim/qmail-remote"
 
 
@@ -48,6 +51,12 @@ class CheckedHost(NetBSDHost):
         if m := re.fullmatch(r"id -u qmailr; for f in (.+); do if \[ -f \"\$f\" \]; then ls -ln \"\$f\"; "
                              r"else echo \"absent \$f\"; fi; done; \[ -x (\S+) \] \|\| echo 'absent \2'", command):
             return True, self.key_listing(m[1].split(), m[2])
+        if (answer := listed_and_deliveries_answer(self, command)) is not None:
+            return answer
+        if (output := self.updates_status(command)) is not None:  # tasks/updates.py: pkg_admin's list and audit
+            return True, output
+        if (output := health_answer(command)) is not None:  # tasks/health.py: its last run, and df
+            return True, output
         raise AssertionError(f"the NetBSD model does not know this check command: {command[:200]}")
 
 
@@ -75,6 +84,7 @@ def deployed(monkeypatch):
     host = CheckedHost()
     host.sent, host.blocklist_answers = [], {}
     host.apply(plan_deploy(DATA, host.answer))
+    host.daily()  # a night since the deploy: daily(5) fetched the vulnerability list (tasks/updates.py)
     return host, Settings.from_host_data(DATA, inventory_name="mail.example.org")
 
 
@@ -87,7 +97,8 @@ def test_after_a_deploy_the_host_side_checks_are_ok_and_speak_netbsd(deployed):
     target = checks.Target(settings, netbsd("10"), "model.invalid", shell=host.shell)
     results = {r.name: (r.status, r.reason) for r in checks.run_checks(target, host_side_checks())}
     assert set(results) == HOST_SIDE
-    assert all(status == checks.OK for status, _ in results.values()), results
+    assert all(status == checks.OK for name, (status, _) in results.items() if name != "listed"), results
+    assert results["listed"] == (checks.SKIPPED, MODEL_NOT_LISTABLE)
     assert results["services_up"][1] == ("all up: dovecot pid 100, qmail-send pid 101, unbound pid 102, "
                                          "qmail-smtpd pid 103, stunnel pid 104, qmail-ofmipd pid 105")
     assert results["blocklists_answer"][1] == "zen.spamhaus.org answer their test points through the host's resolver"
@@ -149,3 +160,66 @@ def test_a_blocklist_that_refuses_the_resolver_is_an_error_naming_it(deployed):
     assert result.status == checks.ERROR
     assert result.reason.startswith("zen.spamhaus.org refuses the host's resolver (it answered 127.255.255.254")
     assert "spamdyke would refuse every sender" in result.reason
+
+
+# --- the listed and deliveries checks (issue 26): what the model answers them ---------------------
+
+HOST_SIDE.update({"listed", "deliveries"})
+
+
+# --- tasks/health.py's checks: the last scheduled run (cron's, a minute ago) and NetBSD's df ------
+
+HOST_SIDE.update({"health_runs", "disk_space"})
+NETBSD_DF = ("Filesystem  1024-blocks     Used    Avail Capacity  Mounted on\n"
+             "/dev/wd0a     20000000  9000000 11000000      45%  /\n"
+             "/dev/wd0e     40000000 10000000 30000000      25%  /home\n---\n"
+             "Filesystem  1K-blocks     Used    Avail %Cap  iUsed    iAvail %iCap Mounted on\n"
+             "/dev/wd0a    20000000  9000000 11000000  45%  120000   880000   12% /\n"
+             "/dev/wd0e    40000000 10000000 30000000  25%   40000  1960000    2% /home\n")
+
+
+def health_answer(command: str) -> str | None:
+    if command == "cat /var/lib/qmailhost/health/last.json 2>/dev/null; true":
+        return json.dumps({"time": time.time() - 60, "worst": "ok"})
+    if command == "df -P -k /var/qmail/queue ~alice; echo ---; df -i /var/qmail/queue ~alice":
+        return NETBSD_DF
+    return None
+# The model's only IPv4 address is 192.0.2.25 (documentation, not global) and example.org is reserved.
+MODEL_NOT_LISTABLE = ("no public address: the host's addresses (192.0.2.25) are private (behind NAT?); "
+                      "public_addresses names the one the Internet sees; no public domain (example.org: reserved, "
+                      "never public)")
+MODEL_CLOCK = 1_700_000_000  # 2023-11-14 22:13:20 UTC, the model's `date +%s`
+
+
+def listed_and_deliveries_answer(host: CheckedHost, command: str) -> tuple[bool, str] | None:
+    """NetBSD's ifconfig (the host's addresses), dig for a blocklist's name other than a test point
+    (host.listings: name -> answer; default none), and the deliveries script over syslog's maillog
+    (host.maillog: its lines; default empty, as syslogd leaves it)."""
+    if command == "{ ifconfig -a; } 2>/dev/null":
+        return True, host.interfaces
+    if m := re.fullmatch(r"dig @127\.0\.0\.1 \+short \+time=3 \+tries=2 A (\S+)", command):
+        return True, getattr(host, "listings", {}).get(m[1], "")
+    if command.startswith("# qmail-send's deliveries"):
+        assert "find /var/log/maillog.0.gz /var/log/maillog -prune" in command, command
+        return True, f"now {MODEL_CLOCK} +0000\n" + getattr(host, "maillog", "")
+    return None
+
+
+def test_the_listed_check_asks_about_the_address_ifconfig_shows_on_netbsd(deployed):
+    host, settings = deployed
+    host.interfaces = host.interfaces.replace("192.0.2.25", "65.108.1.25")
+    host.listings = {"25.1.108.65.zen.spamhaus.org": "127.0.0.2\n"}
+    target = checks.Target(settings, netbsd("10"), "model.invalid", shell=host.shell)
+    result = {r.name: r for r in checks.run_checks(target, host_side_checks())}["listed"]
+    assert (result.status, result.reason) == (checks.ERROR, "listed: 65.108.1.25 on zen.spamhaus.org (127.0.0.2)")
+
+
+def test_the_deliveries_check_reads_qmail_send_s_lines_in_maillog_on_netbsd(deployed):
+    host, settings = deployed
+    host.maillog = ("Nov 14 22:03:20 mail nbqmail/send: starting delivery 7: msg 12 to remote bob@gone.example.net\n"
+                    "Nov 14 22:03:21 mail nbqmail/send: delivery 7: failure: Sorry,_no_mailbox_here_by_that_name./\n")
+    target = checks.Target(settings, netbsd("10"), "model.invalid", shell=host.shell)
+    result = {r.name: r for r in checks.run_checks(target, host_side_checks())}["deliveries"]
+    assert (result.status, result.reason) == (checks.WARNING, (
+        "remote deliveries failing in the last 1 h: gone.example.net 1 bounced; last, to gone.example.net: "
+        "Sorry, no mailbox here by that name."))

@@ -19,13 +19,14 @@ import pytest
 from pyinfra.api import FunctionCommand
 
 from harness import netbsd_host
-from harness.netbsd_host import NetBSDHost, converged_host, deploy_data
+from harness.netbsd_host import HEALTH_PACKAGES, NetBSDHost, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, uploaded
 from qmailhost import checks, recovery
 from qmailhost import platform as platforms
 from qmailhost.files import read
 from qmailhost.settings import Settings
 from tasks import dkim
+from tasks.health import SETTINGS_COPY
 from tests.test_netbsd_checks import CheckedHost
 from tests.test_netbsd_recovery_plans import RESTORE, execute, old_backup
 from tests.test_netbsd_recovery_plans import plan as recovery_plan
@@ -246,8 +247,9 @@ def test_a_rotation_plans_exactly_the_new_key_and_the_table(converged):
     old = host.key_files()[("example.org", "mail")]
     settings = {**HERMETIC, "dkim_selector": "mail2", "dkim_retired_selectors": ["mail"]}
     plan = plan_deploy(deploy_data(**settings), host.answer)
-    assert plan == [("Make the DKIM rsa key mail2 for example.org", [key_command("example.org", "mail2")]),
-                    ("Write the DKIM signing table", [c for name, c in plan if name == "Write the DKIM signing table"][0])]
+    assert [name for name, _ in plan] == ["Make the DKIM rsa key mail2 for example.org", "Write the DKIM signing table",
+                                          SETTINGS_COPY]
+    assert plan[0][1] == [key_command("example.org", "mail2")]
     assert uploaded(plan, TABLE) == table(("example.org", "mail2", "rsa"))
     host.restarted.clear()
     host.apply(plan)
@@ -274,7 +276,7 @@ def test_dkim_off_removes_the_signer_the_table_and_qmailremote_and_keeps_the_key
     names = [name for name, _ in plan]
     assert names == ["Write /var/qmail/rc", "Remove the DKIM signing table (dkim is off; keys kept)",
                      "Remove the DKIM signer (dkim is off; keys kept)", "Configure qmailsend (/etc/rc.conf.d/qmailsend)",
-                     "Run qmailsend (restart on change)"]
+                     "Run qmailsend (restart on change)", SETTINGS_COPY]
     commands = commands_of(plan)
     assert f"rm -f {TABLE}" in commands and f"rm -f {SIGNER}" in commands
     rc_conf = uploaded(plan, "/etc/rc.conf.d/qmailsend")
@@ -301,7 +303,7 @@ def test_authentication_results_off_removes_qmailqueue_and_the_filter(converged)
     assert [name for name, _ in plan] == [
         "Remove the inbound filter's config (authentication_results is off)",
         "Remove the inbound filter (authentication_results is off)",
-        "Configure qmailsmtpd (/etc/rc.conf.d/qmailsmtpd)", "Run qmailsmtpd (restart on change)"]
+        "Configure qmailsmtpd (/etc/rc.conf.d/qmailsmtpd)", "Run qmailsmtpd (restart on change)", SETTINGS_COPY]
     rc_conf = uploaded(plan, "/etc/rc.conf.d/qmailsmtpd")
     assert 'qmailsmtpd_postenv="OPENSSL_CONF=/usr/pkg/etc/qmailhost/tls/openssl-policy.cnf"\n' in rc_conf
     assert "QMAILQUEUE" not in rc_conf
@@ -317,7 +319,8 @@ def test_authentication_results_off_removes_qmailqueue_and_the_filter(converged)
 def test_both_off_installs_neither_package():
     plan = plan_deploy(deploy_data(**HERMETIC, dkim=False, authentication_results=False), NetBSDHost().answer)
     commands = commands_of(plan)
-    assert commands[0].split()[4:] == ["python313", "checkpassword", "dovecot", "qmail-run", "ucspi-tcp", "unbound", "stunnel"]
+    assert commands[0].split()[4:] == ["python313", "checkpassword", *HEALTH_PACKAGES, "dovecot", "qmail-run", "ucspi-tcp",
+                                       "unbound", "stunnel"]
     assert not [c for c in commands if MINE in c]
     assert "QMAILREMOTE" not in uploaded(plan, "/etc/rc.conf.d/qmailsend")
     assert "QMAILQUEUE" not in uploaded(plan, "/etc/rc.conf.d/qmailsmtpd")

@@ -18,12 +18,13 @@ from harness.plan_harness import commands_of, index, plan_deploy, plan_operation
 from qmailhost import platform as platforms
 from qmailhost.settings import Settings
 from tasks import imap, tls
+from tasks.health import SETTINGS_COPY
 
 CONFIG = "/usr/pkg/etc/dovecot/dovecot.conf"
 RC_CONF = "/etc/rc.conf.d/dovecot"
 CERT, KEY = "/usr/pkg/etc/qmailhost/tls/cert.pem", "/usr/pkg/etc/qmailhost/tls/key.pem"
 SPEAKS = "v=$(/usr/pkg/sbin/dovecot --version | cut -d' ' -f1); case \"$v\" in 2.3|2.3.*) ;;"
-REWRITE = ["Write Dovecot's config", "Run dovecot (restart on change)"]
+REWRITE = ["Write Dovecot's config", "Run dovecot (restart on change)", SETTINGS_COPY]  # (the checks read them too)
 REFUSAL = ("the installed Dovecot is {}, but qmailhost writes Dovecot 2.3's configuration for this release: "
            "install the release's own Dovecot package")
 
@@ -143,7 +144,7 @@ def test_the_modern_policy_rewrites_dovecots_config_and_restarts_it():
     config = uploaded(plan, CONFIG)
     assert "\nssl_min_protocol = TLSv1.3\n" in config
     names = [name for name, _ in plan]
-    assert names[-2:] == REWRITE
+    assert names[-3:] == REWRITE
     assert restarted(plan) == ["/etc/rc.d/stunnel restart", "/etc/rc.d/dovecot restart"]
     assert "Reload dovecot" not in names
     host.apply(plan)

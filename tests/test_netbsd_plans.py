@@ -19,10 +19,11 @@ import pytest
 import yaml
 from passlib.hash import sha1_crypt
 
-from harness.netbsd_host import NetBSDHost, converged_host, deploy_data
+from harness.netbsd_host import HEALTH_PACKAGES, NetBSDHost, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
 from qmailhost import ops
 from qmailhost import platform as platforms
+from tasks.health import SETTINGS_COPY
 
 CASES = Path(__file__).resolve().parent / "plans" / "netbsd"
 
@@ -113,7 +114,8 @@ def test_bare_host_in_ofmipd_mode(bare_plan):
     assert_netbsd_only(plan)
     # spamdyke is not a binary package: pkgsrc builds it with tls (tests/test_netbsd_tls_plans.py).
     assert commands[0] == ("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install "
-                           "python313 checkpassword py313-dkim py313-spf dovecot qmail-run ucspi-tcp unbound stunnel")
+                           "python313 checkpassword py313-dkim py313-spf " + " ".join(HEALTH_PACKAGES) +
+                           " dovecot qmail-run ucspi-tcp unbound stunnel")
     # Each option is in /etc/mk.conf before its package is built, and the build cleans up after itself.
     for package, option in (("mess822", "sasl"), ("spamdyke", "tls")):
         assert index(commands, f"PKG_OPTIONS.{package}+=\t{option}") \
@@ -224,6 +226,7 @@ def test_switch_to_spamdyke_changes_only_the_submission_service():
         "Configure qmailofmipd (/etc/rc.conf.d/qmailofmipd)",
         "Run qmailofmipd (restart on change)",
         "Record the submission mode",
+        SETTINGS_COPY,  # (the host's scheduled checks read the mode too)
     ]
     commands = commands_of(plan)
     assert "/etc/rc.d/qmailofmipd restart" in commands
@@ -242,6 +245,7 @@ def test_switch_to_spamdyke_changes_only_the_submission_service():
         "Configure qmailofmipd (/etc/rc.conf.d/qmailofmipd)",
         "Run qmailofmipd (restart on change)",
         "Record the submission mode",
+        SETTINGS_COPY,
     ]
 
 

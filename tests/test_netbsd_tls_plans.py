@@ -23,6 +23,7 @@ from qmailhost import platform as platforms
 from qmailhost.backends import pkgsrc
 from qmailhost.registry import needs
 from qmailhost.settings import Settings
+from tasks.health import SETTINGS_COPY
 
 QMAIL_CHECK = "pkg_info -Q PKG_OPTIONS qmail"
 SPAMDYKE_CHECK = 'case "$(/usr/pkg/bin/spamdyke -v 2>&1 </dev/null | head -1)" in *+TLS*)'
@@ -182,7 +183,7 @@ def test_no_submissions_section_when_submissions_port_is_null():
     assert plan_deploy(deploy_data(submissions_port=None), host.answer) == []
     # Turning 465 on again rewrites stunnel's config and restarts stunnel only.
     back = plan_deploy(deploy_data(), host.answer)
-    assert [name for name, _ in back] == ["Write stunnel's config", "Run stunnel (restart on change)"]
+    assert [name for name, _ in back] == ["Write stunnel's config", "Run stunnel (restart on change)", SETTINGS_COPY]
     assert "[submissions]\naccept = 0.0.0.0:465\n" in uploaded(back, "/usr/pkg/etc/stunnel/stunnel.conf")
 
 
@@ -223,7 +224,7 @@ def test_tlshosts_and_notlshosts_are_written_and_strays_removed(ca_file):
     plan = plan_deploy(deploy_data(**settings), host.answer)
     assert [name for name, _ in plan] == ["Outbound TLS: no TLS to mx.broken.example",
                                           "Outbound TLS: verify mx.example.net's certificate",
-                                          "Outbound TLS: forget old.example (not in the inventory)"]
+                                          "Outbound TLS: forget old.example (not in the inventory)", SETTINGS_COPY]
     assert uploaded(plan, "/var/qmail/control/tlshosts/mx.example.net.pem") == ca_file.read_text()
     assert uploaded(plan, "/var/qmail/control/notlshosts/mx.broken.example") == ""
     assert "rm -f /var/qmail/control/notlshosts/old.example" in commands_of(plan)

@@ -20,6 +20,7 @@ from harness.dns_server import DnsServer
 from harness.mail import wait_for_delivery
 from harness.peer import CERT_FILE, PostfixPeer, link
 from harness.pyinfra_cli import pyinfra
+from tasks.health import SETTINGS_COPY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 USER, DOMAIN = sandbox.SANDBOX_USER, sandbox.SANDBOX_DOMAIN
@@ -111,7 +112,7 @@ def test_broken_peer_tls_waits_in_the_queue_until_notlshosts(pair):
         assert peer.find_message(subject) is None  # never sent in plaintext
         assert queued(host) >= 1
         changed = deploy_predicted(host, {**data, "notlshosts": [PEER_MX]})
-        assert changed == ["Outbound TLS: no TLS to " + PEER_MX]
+        assert changed == ["Outbound TLS: no TLS to " + PEER_MX, SETTINGS_COPY]
         assert host.ssh(f"test -f /var/qmail/control/notlshosts/{PEER_MX}", check=False).returncode == 0
         retry_now(host)
         received = peer.wait_for_message(subject, timeout=60)

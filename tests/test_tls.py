@@ -21,6 +21,7 @@ import pytest
 from harness import images, sandbox, testssl
 from harness.mail import message, submit, swaks, tls_context, wait_for_delivery
 from harness.pyinfra_cli import predicted_and_real, pyinfra
+from tasks.health import SETTINGS_COPY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sources]
 USER, DOMAIN = sandbox.SANDBOX_USER, sandbox.SANDBOX_DOMAIN
@@ -126,7 +127,7 @@ def test_the_key_is_readable_by_root_and_the_tls_group_only(tlshost):
 def test_modern_policy_refuses_tls_1_2_everywhere_and_rolls_back(tlshost):
     planned, changed, restarted = predicted_and_real(tlshost, {"tls_policy": "modern"})
     assert planned == changed == sorted(["Write the TLS policy for OpenSSL (spamdyke)", "Write stunnel's config",
-                                         "Restart stunnel", "Write Dovecot's config", "Restart dovecot"])
+                                         "Restart stunnel", "Write Dovecot's config", "Restart dovecot", SETTINGS_COPY])
     assert restarted == {"stunnel", "dovecot"}  # spamdyke reads its config and the policy per connection
     for port in PORTS:
         assert tls_session(tlshost, port, tls_context())[0] == "TLSv1.3"
@@ -143,7 +144,7 @@ def test_465_is_a_setting_off_and_on_again(tlshost):
     planned, changed, restarted = predicted_and_real(tlshost, {"submissions_port": None})
     assert planned == changed == sorted(["Write stunnel's config", "Restart stunnel",  # and the caps follow 465
                                          "Load the per-address connection caps",
-                                         "Write the per-address connection caps (nftables)"])
+                                         "Write the per-address connection caps (nftables)", SETTINGS_COPY])
     assert restarted == {"stunnel"}
     assert "[submissions]" not in tlshost.ssh("cat /etc/qmailhost/stunnel.conf").stdout
     with pytest.raises(OSError):
