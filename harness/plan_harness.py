@@ -13,6 +13,7 @@ monkey-patching would reach the other tests).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,10 +59,8 @@ def parse_commands(commands) -> list:
                 command.src.seek(0)
                 data = command.src.read()
                 if isinstance(data, bytes):  # text as text; a binary file (a tar) stays bytes
-                    try:
+                    with contextlib.suppress(UnicodeDecodeError):
                         data = data.decode()
-                    except UnicodeDecodeError:
-                        pass
             else:
                 data = str(command.src)
             parsed.append(["upload", data, str(command.dest)])
