@@ -121,7 +121,7 @@ def test_broken_peer_tls_waits_in_the_queue_until_notlshosts(pair):
     finally:
         peer.fix_tls()
     changed = deploy_predicted(host, data)
-    assert changed == [f"Outbound TLS: forget {PEER_MX} (not in the inventory)"]
+    assert changed == [f"Outbound TLS: forget {PEER_MX} (not in the inventory)", SETTINGS_COPY]
 
 
 def test_tlshosts_requires_the_peer_certificate_from_the_given_ca(pair, tmp_path):
@@ -133,7 +133,7 @@ def test_tlshosts_requires_the_peer_certificate_from_the_given_ca(pair, tmp_path
                     f"/CN={PEER_MX}", "-keyout", str(tmp_path / "other.key"), "-out", str(wrong)],
                    check=True, capture_output=True)
     changed = deploy_predicted(host, {**data, "tlshosts": {PEER_MX: str(wrong)}})
-    assert changed == [f"Outbound TLS: verify {PEER_MX}'s certificate"]
+    assert changed == [f"Outbound TLS: verify {PEER_MX}'s certificate", SETTINGS_COPY]
     subject = f"verified tls {uuid.uuid4().hex}"
     inject(host, f"bob@{PEER_DOMAIN}", subject)
     time.sleep(8)
