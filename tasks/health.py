@@ -290,9 +290,18 @@ def check_health_runs(target):
         return SKIPPED, "health_every is null: no scheduled checks"
     if target.on_host:
         return SKIPPED, "this is the scheduled run"
-    output = target.run(f"cat {HEALTH_DIR}/last.json 2>/dev/null; true").strip()
+    runner = files(target.platform)["run"]
+    output = target.run(f"date +%s; find {runner} {target.platform.shell.find_mtimes} 2>/dev/null; "
+                        f"echo; cat {HEALTH_DIR}/last.json 2>/dev/null; true").strip()
+    clock, _, output = output.partition("\n")
+    installed, _, output = output.partition("\n")
+    output = output.strip()
     if not output:
-        return WARNING, "no scheduled run yet (the first follows within a minute of a deploy)"
+        young = clock.isdigit() and installed.split(".")[0].isdigit() and \
+            int(clock) - int(installed.split(".")[0]) < 2 * every + POLL
+        if young:  # (a deploy just set the runner up or changed it)
+            return SKIPPED, "no scheduled run yet: the first follows within a minute of the deploy"
+        return ERROR, "no scheduled run since the runner was installed: the scheduler is not running"
     try:
         last = json.loads(output)
         since = time.time() - float(last["time"])

@@ -246,6 +246,7 @@ def _assert_no_secrets(output: str, secrets: list[str]) -> None:
 # --- the drill -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 5 min; in every run, test_backup's drill (rest, append-only) and test_dkim's (this second disk)
 def test_disaster_recovery_drill(make_host, sources, tmp_path):
     data = _data(tmp_path)
     old = make_host()

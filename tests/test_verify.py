@@ -74,6 +74,8 @@ def test_a_healthy_host_passes_every_check_and_dns_says_why_it_is_skipped(deploy
             assert (status, reason) == ("skipped", "tls is self-signed, not acme")
         elif name == "backup_age":  # tests/test_backup.py gives its host a repository
             assert (status, reason) == ("skipped", "backup_repository is not set")
+        elif name == "health_runs" and status == "skipped":  # the image's host may not have run it yet
+            assert reason == "no scheduled run yet: the first follows within a minute of the deploy", reason
         elif name == "updates" and status == "warning":
             # a throwaway host runs no apt timer (no systemd): its lists age and unattended-upgrades
             # never runs, which the check says; no service of ours runs a replaced library
@@ -81,8 +83,10 @@ def test_a_healthy_host_passes_every_check_and_dns_says_why_it_is_skipped(deploy
             assert "still run" not in reason, reason
         else:
             assert status == "ok", (name, reason)
-    warnings = sum(status == "warning" for status, _ in healthy.results.values())
-    assert f"35 checks: {23 - warnings} ok, {warnings} warning, 0 error, 12 skipped" in healthy.output
+    counts = {s: sum(status == s for status, _ in healthy.results.values()) for s in ("ok", "warning", "skipped")}
+    assert len(healthy.results) == 35 and counts["skipped"] in (12, 13) and counts["warning"] <= 1, counts
+    assert (f"35 checks: {counts['ok']} ok, {counts['warning']} warning, 0 error, {counts['skipped']} skipped"
+            in healthy.output)
     assert sandbox.sandbox_password() not in healthy.output
 
 
