@@ -270,9 +270,11 @@ def show_last_run(state, host) -> None:
         return
     results = [checks.Result(r["name"], r["status"], r["reason"]) for r in last["results"]]
     when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(last["time"]))
-    for line in checks.summary_table(f"The host's scheduled checks (last run {when}, "
-                                     f"{checks.age(int(time.time() - last['time']))} ago)", results):
-        logger.info(line)
+    title, *lines = checks.summary_table(f"The host's scheduled checks (last run {when}, "
+                                         f"{checks.age(int(time.time() - last['time']))} ago)", results)
+    logger.info(title)
+    for line in lines:  # (marked, so that no reader takes these rows for the laptop's own)
+        logger.info(f"    on host | {line}")
     week = time.time() - 7 * 86400
     events = [json.loads(line) for line in events_text.splitlines() if line.startswith("{")]
     for event in [e for e in events if e["time"] >= week][-10:]:

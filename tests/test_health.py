@@ -119,6 +119,8 @@ def test_every_scheduled_run_sends_a_heartbeat_and_verify_shows_the_last_run(wor
     assert "The host's scheduled checks (last run" in verify.output, verify.output[-3000:]
     row = next(line for line in verify.output.splitlines() if line.strip().startswith("health_runs"))
     assert " ok " in row and "last run" in row, row
+    scheduled = [line for line in verify.output.splitlines() if "on host | " in line]
+    assert any(line.split("on host | ")[1].startswith("services_up ") and " ok " in line for line in scheduled)
     assert world["token"] not in verify.output
 
 
