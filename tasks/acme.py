@@ -236,7 +236,7 @@ def renewal(platform: Platform, settings: Settings) -> None:
     if settings.tls == "acme":
         services.declare(platform, services.Service(
             name=SERVICE, description="renews the ACME certificate when due",
-            run=render("acme/acme-renew.run.j2", renew=mine["renew"], interval=RENEW_EVERY),
+            run=services.loop_run("acme", "renew when due", mine["renew"], RENEW_EVERY),
             rcd=services.Rcd(SERVICE)))
     else:
         services.backend(platform).retire(platform, SERVICE, "tls is not acme")

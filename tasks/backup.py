@@ -413,7 +413,7 @@ def _schedule(platform: Platform, settings: Settings, on: bool) -> None:
     if on:
         services.declare(platform, services.Service(
             name=SERVICE, description="backs up with restic when due",
-            run=render("backup/backup.run.j2", script=mine["script"], interval=poll_interval(settings)),
+            run=services.loop_run("backup", "back up when due", f"{mine['script']} --if-due", poll_interval(settings)),
             rcd=services.Rcd(SERVICE.replace("-", ""))))
     else:
         services.backend(platform).retire(platform, SERVICE, "backup_repository is unset")

@@ -247,7 +247,7 @@ def _schedule(platform: Platform, settings: Settings, on: bool) -> None:
     if on:
         services.declare(platform, services.Service(
             name=SERVICE, description="runs the status checks when due",
-            run=render("health/health.run.j2", runner=mine["run"], interval=POLL),
+            run=services.loop_run("health", "run the status checks when due", f"{mine['run']} --if-due", POLL),
             rcd=services.Rcd(SERVICE.replace("-", ""))))
     else:
         services.backend(platform).retire(platform, SERVICE, "health_every is null")

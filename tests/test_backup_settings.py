@@ -368,10 +368,11 @@ def test_a_running_backup_is_not_joined(tmp_path):
 
 
 def test_debians_loop_runs_the_script_when_due_then_sleeps_a_bounded_interval():
-    from qmailhost.files import render
+    from qmailhost.backends import services
 
     script = backup.files(debian("13"))["script"]
     assert script == "/etc/qmailhost/backup/backup"
     for every, interval in (("24h", 300), ("2m", 120)):
-        run = render("backup/backup.run.j2", script=script, interval=backup.poll_interval(parse(backup_every=every)))
-        assert run.endswith(f"\nexec 2>&1\n{script} --if-due\nexec sleep {interval}\n"), run
+        run = services.loop_run("backup", "back up when due", f"{script} --if-due",
+                                backup.poll_interval(parse(backup_every=every)))
+        assert run.endswith(f"\nexec 2>&1\nwhile :; do\n    {script} --if-due\n    sleep {interval}\ndone\n"), run

@@ -49,6 +49,16 @@ class Service:
     replaces: tuple[str, str] | None = None  # (name, why): a service that must not run beside it
 
 
+def loop_run(component: str, what: str, command: str, interval: int) -> str:
+    """The run script of a job that repeats where no timer runs (supervised): COMMAND, then a
+    sleep of INTERVAL seconds, again. One shell all along, so the service's pid stays and a
+    look at the services sees a steady one (a script that exec'd sleep and ended was started
+    anew by supervise each round, a new pid every time). COMMAND decides itself whether
+    anything is due, so a restart does not redo the work."""
+    return (f"#!/bin/sh\n# qmailhost ({component}/): {what} where no timer runs (supervised), then sleep, "
+            f"again.\n# Written by the deploy.\nexec 2>&1\nwhile :; do\n    {command}\n    sleep {interval}\ndone\n")
+
+
 def backend(platform: Platform) -> ModuleType:
     """The platform's service backend: the module of qmailhost/backends/ whose
     SERVICE_BACKEND is the platform's service_backend (found by the registry)."""
