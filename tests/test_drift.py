@@ -113,6 +113,29 @@ def test_a_hand_breakage_is_shown_then_repaired_on_disk_and_in_the_running_servi
     assert pyinfra(host, data=QUIET).changed() == []
 
 
+DPKG_WORK = "Finish an interrupted dpkg run"
+HOLD_DPKG_LOCK = ("import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); "
+                  "fcntl.lockf(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)")
+
+
+def test_a_deploy_waits_for_apt_only_while_apt_holds_its_lock(host):
+    """The host's scheduled `updates` check simulates an upgrade (apt-get -s, no lock) every
+    run: that is no dpkg work in progress, and a deploy that met one planned work it then did
+    not need (CI saw it). apt or dpkg holding its lock, as unattended-upgrades does, is."""
+    simulating = host.ssh("nohup sh -c 'while :; do apt-get -s -o Debug::NoLocking=1 dist-upgrade "
+                          ">/dev/null 2>&1; done' >/dev/null 2>&1 & echo $!").stdout.strip()
+    try:
+        wait_for(lambda: host.ssh("pgrep -x apt-get", check=False).returncode == 0, "a simulation running")
+        assert DPKG_WORK not in pyinfra(host, "--dry", data=QUIET).planned()
+    finally:
+        host.ssh(f"kill {simulating}")
+    holder = host.ssh(f"nohup python3 -c \"{HOLD_DPKG_LOCK}\" >/tmp/holder.out 2>&1 & echo $!").stdout.strip()
+    try:
+        wait_for(lambda: host.ssh("cat /tmp/holder.out").stdout.strip() == "held", "the lock held")
+        assert DPKG_WORK in pyinfra(host, "--dry", data=QUIET).planned()
+    finally:
+        host.ssh(f"kill {holder}")
+
 def test_a_pair_made_anew_on_the_host_is_the_one_served(host):
     old = host_certificate(host)
     assert served_certificate(host) == old
