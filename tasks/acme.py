@@ -64,18 +64,17 @@ class Paths:
     config_dir: str  # certbot's: tasks/accounts.py, archive/, live/, renewal/
     work_dir: str
     logs_dir: str
-    renew_by: str  # "service": a supervised loop; "cron": the base system's cron
 
 
 PATHS = {
     "debian": Paths("/usr/bin/certbot", ("certbot",), "/etc/letsencrypt", "/var/lib/letsencrypt",
-                    "/var/log/letsencrypt", renew_by="service"),
+                    "/var/log/letsencrypt"),
     # pkgsrc security/py-certbot, for pkgsrc's default Python (lang/python/pyversion.mk: 313):
     # the package PYPKGPREFIX-certbot installs bin/certbot-PYVERSSUFFIX (PLIST; bin/certbot is
     # only pkg_alternatives' wrapper, made when pkg_alternatives is installed). Its paths are
     # substituted to PKG_SYSCONFDIR (PKG_SYSCONFSUBDIR=letsencrypt) and VARBASE/letsencrypt.
     "netbsd": Paths("/usr/pkg/bin/certbot-3.13", ("py313-certbot",), "/usr/pkg/etc/letsencrypt", "/var/letsencrypt",
-                    "/var/letsencrypt/log", renew_by="cron"),
+                    "/var/letsencrypt/log"),
 }
 
 
@@ -224,22 +223,14 @@ def configure(platform: Platform, settings: Settings, pair: tls.Pair | None) -> 
 @deploy("acme")
 def renewal(platform: Platform, settings: Settings) -> None:
     """The renewal loop (or cron line) under ``tls: acme``; taken away otherwise."""
-    paths, mine = PATHS[platform.name], files(platform)
-    if paths.renew_by == "cron":
-        if settings.tls == "acme" or host_state()["acme_cron"]:
-            # Its output goes nowhere (cron would mail it to root twice a day): the outcome is in
-            # the status file the acme_renewal check reads, certbot's log in its logs dir.
-            ops.cron(name="Renew the ACME certificate twice a day (cron)" if settings.tls == "acme"
-                     else "Stop renewing an ACME certificate (cron)", command=f"{mine['renew']} >/dev/null 2>&1",
-                     cron_name=CRON_NAME, minute="17", hour="*/12", present=settings.tls == "acme")
-        return
-    if settings.tls == "acme":
-        services.declare(platform, services.Service(
-            name=SERVICE, description="renews the ACME certificate when due",
-            run=services.loop_run("acme", "renew when due", mine["renew"], RENEW_EVERY),
-            rcd=services.Rcd(SERVICE)))
-    else:
-        services.backend(platform).retire(platform, SERVICE, "tls is not acme")
+    on = settings.tls == "acme"
+    if not on and not services.supervises(platform) and not host_state()["acme_cron"]:
+        return  # no line to take away
+    services.repeat(platform, services.Repeat(
+        "acme", SERVICE, "renews the ACME certificate when due", "renew when due", files(platform)["renew"],
+        RENEW_EVERY, CRON_NAME, cron_minute="17", cron_hour="*/12"),
+        on, operation="Renew the ACME certificate twice a day (cron)" if on
+        else "Stop renewing an ACME certificate (cron)", off_because="tls is not acme")
 
 
 # --- backup and restore ---------------------------------------------------------------------------
@@ -325,7 +316,7 @@ def _lineage(lines: list[list[str]]) -> dict | None:
 
 
 def _cron_probe(platform: Platform, settings: Settings) -> str:
-    if PATHS[platform.name].renew_by != "cron":
+    if services.supervises(platform):
         return "true"
     return f"crontab -l 2>/dev/null | grep -qF {shlex.quote(files(platform)['renew'])} && echo acme_cron"
 

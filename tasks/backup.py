@@ -104,13 +104,12 @@ class Paths:
     restic: str
     packages: tuple[str, ...]
     cache_dir: str  # RESTIC_CACHE_DIR
-    run_by: str  # "service": a supervised loop; "cron": the base system's cron
 
 
 PATHS = {
-    "debian": Paths("/usr/bin/restic", ("restic",), "/var/cache/qmailhost/restic", run_by="service"),
+    "debian": Paths("/usr/bin/restic", ("restic",), "/var/cache/qmailhost/restic"),
     # pkgsrc sysutils/restic: bin/restic; NetBSD's hier(7) has no /var/cache, /var/db is for such state
-    "netbsd": Paths("/usr/pkg/bin/restic", ("restic",), "/var/db/qmailhost/restic-cache", run_by="cron"),
+    "netbsd": Paths("/usr/pkg/bin/restic", ("restic",), "/var/db/qmailhost/restic-cache"),
 }
 
 
@@ -401,22 +400,12 @@ def _report_snapshot(state, host, status: str) -> None:
 
 
 def _schedule(platform: Platform, settings: Settings, on: bool) -> None:
-    mine = files(platform)
-    if PATHS[platform.name].run_by == "cron":
-        minutes = poll_interval(settings) // 60
-        # Its output goes nowhere (cron would mail it every few minutes): the outcome is in the
-        # status file the backup_age check reads, restic's output in backup-last.log.
-        ops.cron(name=f"Back up with restic when due (cron, every {minutes} min)" if on
-                 else "Stop backing up with restic (cron)", command=f"{mine['script']} --if-due >/dev/null 2>&1",
-                 cron_name=CRON_NAME, minute=f"*/{minutes}", present=on)
-        return
-    if on:
-        services.declare(platform, services.Service(
-            name=SERVICE, description="backs up with restic when due",
-            run=services.loop_run("backup", "back up when due", f"{mine['script']} --if-due", poll_interval(settings)),
-            rcd=services.Rcd(SERVICE.replace("-", ""))))
-    else:
-        services.backend(platform).retire(platform, SERVICE, "backup_repository is unset")
+    every = poll_interval(settings)
+    services.repeat(platform, services.Repeat(
+        "backup", SERVICE, "backs up with restic when due", "back up when due",
+        f"{files(platform)['script']} --if-due", every, CRON_NAME, cron_minute=f"*/{every // 60}"),
+        on, operation=f"Back up with restic when due (cron, every {every // 60} min)" if on
+        else "Stop backing up with restic (cron)", off_because="backup_repository is unset")
 
 
 # --- status check --------------------------------------------------------------------------------

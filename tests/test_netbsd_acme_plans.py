@@ -119,7 +119,7 @@ def test_the_netbsd_paths_are_pkgsrcs_certbot():
     # security/py-certbot: PKGNAME ${PYPKGPREFIX}-certbot for the default Python (pyversion.mk: 313),
     # PLIST bin/certbot-${PYVERSSUFFIX}, PKG_SYSCONFSUBDIR=letsencrypt, VARBASE/letsencrypt(/log).
     assert paths == acme.Paths(CERTBOT, ("py313-certbot",), "/usr/pkg/etc/letsencrypt", "/var/letsencrypt",
-                               "/var/letsencrypt/log", renew_by="cron")
+                               "/var/letsencrypt/log")
     # The model host's package is the same one (what its certonly insists on).
     assert (paths.certbot, paths.packages) == (netbsd_host.CERTBOT, (netbsd_host.CERTBOT_PACKAGE,))
     assert {"config": paths.config_dir, "work": paths.work_dir, "logs": paths.logs_dir} == netbsd_host.LETSENCRYPT

@@ -17,6 +17,7 @@ import pytest
 from harness.netbsd_host import HEALTH_CRON, ROOT_CRONTAB, NetBSDHost, deploy_data
 from harness.plan_harness import PROJECT, commands_of, index, plan_deploy, uploaded
 from qmailhost import platform as platforms
+from qmailhost.backends import services
 from qmailhost.settings import SettingsError
 from tasks import backup
 from tasks.health import SETTINGS_COPY
@@ -83,9 +84,10 @@ def texts(planned) -> list[str]:
 
 
 def test_the_netbsd_paths_are_pkgsrcs_restic_and_cron():
-    assert backup.PATHS["netbsd"] == backup.Paths("/usr/pkg/bin/restic", ("restic",), "/var/db/qmailhost/restic-cache",
-                                                  run_by="cron")
-    assert backup.PATHS["debian"].run_by == "service" and backup.PATHS["debian"].restic == "/usr/bin/restic"
+    assert backup.PATHS["netbsd"] == backup.Paths("/usr/pkg/bin/restic", ("restic",), "/var/db/qmailhost/restic-cache")
+    assert backup.PATHS["debian"].restic == "/usr/bin/restic"
+    # rc.d restarts nothing that ends, so the backup repeats from cron there; daemontools, a loop
+    assert not services.supervises(NETBSD) and services.supervises(platforms.debian("13"))
     assert backup.files(NETBSD) == {"password": PASSWORD, "env": ENV, "script": SCRIPT,
                                     "ssh_key": f"{MINE}/ssh-key", "known_hosts": f"{MINE}/known_hosts",
                                     "status": "/var/lib/qmailhost/backup-status",

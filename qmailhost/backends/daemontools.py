@@ -23,6 +23,7 @@ from qmailhost.facts import host_state
 from qmailhost.platform import Platform
 
 SERVICE_BACKEND = "daemontools"  # found by qmailhost/registry.py under this name
+SUPERVISES = True  # a job the host repeats runs as a supervised loop (services.repeat)
 
 # Every service's log: multilog, as qmaill, timestamped, 10 files of 1 MB.
 LOG_RUN = """\

@@ -31,6 +31,7 @@ from qmailhost.facts import host_state
 from qmailhost.platform import Platform
 
 SERVICE_BACKEND = "rcd"  # found by qmailhost/registry.py under this name
+SUPERVISES = False  # nothing restarts a loop that ended: a job the host repeats is a cron line
 
 
 class RcdService(FactBase):

@@ -14,7 +14,10 @@ qmail-run's and stunnel's rc.d scripts, one /etc/rc.conf.d file each). Every bac
   the host), reloaded when only what it re-reads on a signal changed;
 - ``settle(platform)``: once every service is declared, wait until new ones run;
 - ``status_script(names)`` and ``parse_status(output)``: for the status checks, whether
-  each service runs, read-only.
+  each service runs, read-only;
+- ``SUPERVISES``: whether it restarts what ends. ``repeat`` makes a job the host repeats
+  between deploys (backups, renewals, health runs) a supervised loop where it does, and a
+  line in root's crontab where it does not.
 """
 
 from __future__ import annotations
@@ -49,12 +52,50 @@ class Service:
     replaces: tuple[str, str] | None = None  # (name, why): a service that must not run beside it
 
 
+@dataclass(frozen=True)
+class Repeat:
+    """A job the host repeats between deploys. COMMAND decides itself whether anything is
+    due, so a restart or an early round does not redo the work."""
+
+    component: str
+    service: str  # the supervised loop's name
+    description: str  # the service's, e.g. "backs up with restic when due"
+    what: str  # the run script's comment, e.g. "back up when due"
+    command: str
+    every: int  # seconds between the loop's rounds
+    cron_name: str  # pyinfra's name for the crontab line
+    cron_minute: str
+    cron_hour: str = "*"
+
+
+def repeat(platform: Platform, job: Repeat, on: bool, operation: str, off_because: str) -> None:
+    """JOB running (ON), or taken away: a supervised loop (loop_run) where the service backend
+    supervises, else root's crontab line (OPERATION: its operation's name), with its output
+    thrown away: cron would mail it every round, and each job's outcome is in its status file
+    a check reads. OFF_BECAUSE: why a supervised loop is retired."""
+    if not backend(platform).SUPERVISES:
+        from qmailhost import ops
+
+        ops.cron(name=operation, command=f"{job.command} >/dev/null 2>&1", cron_name=job.cron_name,
+                 minute=job.cron_minute, hour=job.cron_hour, present=on)
+    elif on:
+        declare(platform, Service(name=job.service, description=job.description,
+                                  run=loop_run(job.component, job.what, job.command, job.every),
+                                  rcd=Rcd(job.service.replace("-", ""))))
+    else:
+        backend(platform).retire(platform, job.service, off_because)
+
+
+def supervises(platform: Platform) -> bool:
+    """Does the platform's service backend restart what ends (else jobs repeat from cron)?"""
+    return backend(platform).SUPERVISES
+
+
 def loop_run(component: str, what: str, command: str, interval: int) -> str:
     """The run script of a job that repeats where no timer runs (supervised): COMMAND, then a
     sleep of INTERVAL seconds, again. One shell all along, so the service's pid stays and a
     look at the services sees a steady one (a script that exec'd sleep and ended was started
-    anew by supervise each round, a new pid every time). COMMAND decides itself whether
-    anything is due, so a restart does not redo the work."""
+    anew by supervise each round, a new pid every time)."""
     return (f"#!/bin/sh\n# qmailhost ({component}/): {what} where no timer runs (supervised), then sleep, "
             f"again.\n# Written by the deploy.\nexec 2>&1\nwhile :; do\n    {command}\n    sleep {interval}\ndone\n")
 
