@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 TYPES = {"A": 1, "NS": 2, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33}
 
@@ -117,6 +118,31 @@ class DnsServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ZoneFileServer(DnsServer):
+    """Answers from a zone file (zone-file text, as records.py prints it), read again whenever
+    it changed: the built-in host's DNS, rewritten after each of its deploys."""
+
+    def __init__(self, path: str, address: str, port: int = 53):
+        self.path, self._read = Path(path), None
+        super().__init__({}, address=address, port=port)
+
+    def _fresh(self) -> None:
+        stamp = self.path.stat().st_mtime_ns if self.path.exists() else None
+        if stamp != self._read:
+            self.zone = zone_from_text(self.path.read_text()) if stamp else {}
+            self._read = stamp
+
+    def values(self, name: str, kind: str) -> list:
+        self._fresh()
+        return super().values(name, kind)
+
+
+def serve_zone_file(address: str, path: str) -> None:
+    """Serve the zone file PATH on ADDRESS port 53 until killed (python -m harness.sandbox dns)."""
+    ZoneFileServer(path, address)
+    threading.Event().wait()
 
 
 @contextlib.contextmanager

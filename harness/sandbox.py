@@ -11,6 +11,8 @@ Each host is a real Debian 13 (trixie, default) or 12 (bookworm) userland:
 - its own PID, mount, UTS and IPC namespaces with sshd as PID 1;
 - a small TCP relay on the host side of the veth to the Debian mirror, the only
   way out of the namespace (apt works, nothing else leaves);
+- for the built-in host, a name server on the host side of its veth serving its zone
+  (harness/builtin.py writes it from records.py), so its DNS checks have DNS to ask;
 - freeze: a host switched off, what its disk gained kept as a layer later hosts start
   from (harness/images.py's deployed images).
 
@@ -90,11 +92,17 @@ def ssh_key() -> Path:
     return key
 
 
+# How golden trees are made; a new one is made beside the old (hosts may still run on it).
+# 2: with the suite's security updates, so a new host has none pending (no systemd runs in a
+# throwaway host, so its unattended-upgrades never would).
+GOLDEN_FORMAT = "2"
+
+
 def golden_tree(suite: str) -> Path:
     """The cached, prepared root tree for a suite; made on first use (about a minute)."""
     if suite not in SUITES:
         raise SandboxError(f"unknown suite {suite!r}: use one of {', '.join(SUITES)}")
-    root = CACHE_DIR / "golden" / suite
+    root = CACHE_DIR / "golden" / f"{suite}-{GOLDEN_FORMAT}"
     if (root / ".qmailhost-ready").exists():
         return root
     with locked(f"golden-{suite}"):
@@ -139,6 +147,13 @@ def _prepare_golden(root: Path, suite: str) -> None:
     policy = root / "usr/sbin/policy-rc.d"  # no daemon starts from a package's postinst
     policy.write_text("#!/bin/sh\nexit 101\n")
     policy.chmod(0o755)
+    run("mount", "-t", "proc", "proc", str(root / "proc"))
+    try:
+        run("chroot", str(root), "apt-get", "-q", "update")
+        run("chroot", str(root), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-q", "-y",
+            "dist-upgrade")
+    finally:
+        run("umount", str(root / "proc"), check=False)
     run("chroot", str(root), "apt-get", "clean")
 
 
@@ -153,6 +168,7 @@ class Host:
     owner_pid: int | None  # None: persistent (the built-in host), else reaped when gone
     namespace_pid: int | None = None
     relay_pid: int | None = None
+    dns_pid: int | None = None  # the built-in host's name server (start_name_server)
     created: float = field(default_factory=time.time)
 
     @property
@@ -413,6 +429,7 @@ def destroy(name: str) -> bool:
 def _destroy(host: Host) -> None:
     _kill(host.namespace_pid, str(host.root))
     _kill(host.relay_pid, "harness.sandbox relay")
+    _kill(host.dns_pid, "harness.sandbox dns")
     if Path(f"/run/netns/{host.netns}").exists():
         run("ip", "netns", "del", host.netns, check=False)
     if Path(f"/sys/class/net/{host.veth}").exists():
@@ -499,7 +516,8 @@ def leftovers() -> dict[str, list[str]]:
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError):
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if (str(CACHE_DIR / "hosts") in cmdline and "unshare" in cmdline) or "harness.sandbox relay" in cmdline:
+            if (str(CACHE_DIR / "hosts") in cmdline and "unshare" in cmdline) or "harness.sandbox relay" in cmdline \
+                    or "harness.sandbox dns" in cmdline:
                 processes.append(f"{proc.name}: {cmdline.strip()}")
     return {"mounts": mounts, "netns": netns, "veths": veths, "processes": processes}
 
@@ -560,11 +578,32 @@ def sandbox_password_file() -> str:
 
 def ensure_builtin(name: str = BUILTIN_NAME, suite: str = DEFAULT_SUITE) -> Host:
     host = load(name)
-    if host and is_running(host) and host.suite == suite:
-        return host
-    if host:
-        log(f"host {name} is not running (or is another suite): recreating it bare")
-    return create(name, suite=suite, persistent=True)
+    if not (host and is_running(host) and host.suite == suite):
+        if host:
+            log(f"host {name} is not running (or is another suite): recreating it bare")
+        host = create(name, suite=suite, persistent=True)
+    if not _pid_matches(host.dns_pid, "harness.sandbox dns"):
+        start_name_server(host)
+    return host
+
+
+def zone_file(host: Host) -> Path:
+    """The zone the built-in host's name server serves (records.py's output, and its PTR)."""
+    return host.directory / "zone"
+
+
+def start_name_server(host: Host) -> None:
+    """A name server on the host side of HOST's veth (port 53), serving zone_file(host) as it is
+    written: the DNS the built-in inventory's checks (dns_server) and the host's own runs ask."""
+    zone_file(host).touch()
+    with open(host.directory / "dns.log", "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "harness.sandbox", "dns", host.gateway, str(zone_file(host))],
+            cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL,
+            stdout=log_file, stderr=log_file, start_new_session=True,
+        )
+    host.dns_pid = process.pid
+    host.save()
 
 
 def status(name: str = BUILTIN_NAME) -> dict:
@@ -587,7 +626,7 @@ def status(name: str = BUILTIN_NAME) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.sandbox", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "reap", "relay"])
+    parser.add_argument("command", choices=["up", "down", "status", "reap", "relay", "dns"])
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--name", default=BUILTIN_NAME)
     parser.add_argument("--suite", default=DEFAULT_SUITE, choices=sorted(SUITES))
@@ -596,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if options.command == "relay":
             relay(*options.args)
+        elif options.command == "dns":
+            from harness.dns_server import serve_zone_file
+
+            serve_zone_file(*options.args)
         elif options.command == "up":
             host = ensure_builtin(options.name, options.suite)
             print(f"{host.name} is up: ssh -i {host.ssh_key} root@{host.address}")

@@ -40,7 +40,14 @@ _data = {
         "dns_blacklists": [],
         "greeting_delay_secs": 0,
     },
+    "check_upstream_releases": False,  # the sandbox and its tests send nothing beyond this machine
 }
+
+if not _name:
+    # The built-in host shows every check: its test account logs in, and its name server (on
+    # the host side of its veth, serving records.py's zone: ./run deploy writes it) answers.
+    _data["verify_account"] = {"name": sandbox.SANDBOX_USER, "password_file": sandbox.sandbox_password_file()}
+    _data["dns_server"] = _host.gateway
 
 _mirror = Path(os.path.expanduser(os.environ.get("QMAILHOST_LOCAL_MIRROR", "~/.cache/qmailhost/mirror")))
 if not os.environ.get("QMAILHOST_DISTFILES") and (_mirror / "SHA512SUMS").exists():

@@ -37,6 +37,7 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.operations import python
 
+from qmailhost import sources
 from qmailhost.component import Component, Listener, Setting, TlsPort
 from qmailhost.dns_lookup import Dns, DnsError, resolv_conf_server
 from qmailhost.facts import HostState
@@ -348,8 +349,10 @@ COMPONENT = Component(
                 "run the status checks at the end of every deploy"),
         Setting("verify_account", None, _verify_account,
                 "`{\"name\": \"alice\"}`: the AUTH checks log in as that account (else skipped)"),
+        *sources.UPSTREAM_SETTINGS,  # (declared beside its check, with the pins it reads)
     ),
-    checks=(check_services_up, check_public_ports_answer, check_loopback_ports_closed),
+    checks=(check_services_up, check_public_ports_answer, check_loopback_ports_closed,
+            sources.check_upstream_releases),
 )
 
 

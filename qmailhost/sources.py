@@ -7,6 +7,10 @@ Inventory data (``sources``) can override a component's version, URL and checksu
 a distfile cache named explicitly (``distfiles`` or $QMAILHOST_DISTFILES) may carry
 a SHA512SUMS file whose sums override the pins for the files it lists.
 A checksum mismatch is refused before anything is installed.
+
+The status check ``upstream_releases`` (run from the laptop only, off with
+``check_upstream_releases``) asks each pin's upstream (``UPSTREAMS``) for its newest release
+and warns when the version in use (after the inventory's overrides) is behind it.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pyinfra import logger
 from pyinfra.api.exceptions import PyinfraError
 
-from qmailhost.settings import SettingsError
+from qmailhost.component import Setting
+from qmailhost.settings import SettingsError, boolean
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class DistfileError(PyinfraError):
 def resolve(overrides: dict, cache: Path, explicit_cache: bool) -> dict[str, Distfile]:
     """The distfile of every component, after inventory overrides and SHA512SUMS."""
     check_overrides(overrides)
-    distfiles = {name: _override(release, overrides.get(name) or {}) for name, release in RELEASES.items()}
+    distfiles = in_use(overrides)
     sums_file = cache / "SHA512SUMS"
     if explicit_cache and sums_file.exists():
         sums = _read_sums(sums_file)
@@ -108,6 +115,12 @@ def resolve(overrides: dict, cache: Path, explicit_cache: bool) -> dict[str, Dis
                 f"!!! qmailhost: {sums_file} OVERRIDES the pinned SHA512 of {', '.join(overridden)}: "
                 "these are not the upstream release files")
     return distfiles
+
+
+def in_use(overrides: dict) -> dict[str, Distfile]:
+    """The distfile of every component after the inventory's overrides (its version is the one
+    built; a distfile cache's SHA512SUMS changes sums only, never a version)."""
+    return {name: _override(release, overrides.get(name) or {}) for name, release in RELEASES.items()}
 
 
 def check_overrides(overrides: dict) -> None:
@@ -202,3 +215,131 @@ def _download(distfile: Distfile, cache: Path, path: Path) -> None:
             f"put the file into {cache} by hand or point sources.{distfile.component}.url at a mirror"
         ) from None
     os.replace(partial, path)
+
+
+# --- the status check: is a pin behind its upstream's newest release? --------------------------
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a pin's releases are announced. URL: what the laptop asks; in its answer (FIELD: that
+    field of a JSON answer, else the whole page) PATTERN's ``version`` group names each release;
+    PAGE: where a person looks. BASE: a patch made for a release of another pin: only the names
+    whose ``base`` group is that pin's version in use, or a newer one, count."""
+
+    url: str
+    pattern: str
+    page: str
+    field: str | None = None
+    base: str | None = None
+
+
+_VERSION = r"[0-9]+(?:\.[0-9]+)+"
+# Every pin: where to ask, or None for a final release (never asked).
+UPSTREAMS: dict[str, Upstream | None] = {
+    "notqmail": Upstream("https://api.github.com/repos/notqmail/notqmail/releases/latest",
+                         rf"notqmail-(?P<version>{_VERSION})", "https://github.com/notqmail/notqmail/releases",
+                         field="tag_name"),
+    "qmail-tls-patch": Upstream("https://inoa.net/qmail-tls/",
+                                rf"notqmail-(?P<base>{_VERSION})-tls-(?P<version>[0-9]{{8}})\.patch",
+                                "https://inoa.net/qmail-tls/", base="notqmail"),
+    "mess822": None,  # djb's last release (1998)
+    "mess822-auth-patch": None,  # 2004, never updated since
+    "checkpassword": None,  # djb's last release
+    "spamdyke": Upstream("https://www.spamdyke.org/", rf"spamdyke-(?P<version>{_VERSION})\.tgz",
+                         "https://www.spamdyke.org/"),
+}
+UPSTREAM_TIMEOUT = 5  # seconds per request
+USER_AGENT = "qmailhost (status check upstream_releases)"
+
+UPSTREAM_SETTINGS = (
+    Setting("check_upstream_releases", True, boolean("check_upstream_releases"),
+            "ask each pinned source's upstream for a newer release (the check `upstream_releases`, from the laptop)"),
+)
+
+
+class _Unreached(Exception):
+    """An upstream that gave no answer to read: the message says why (one line)."""
+
+
+def _number(version: str) -> tuple[int, ...]:
+    """VERSION compared as numbers: 1.10 is newer than 1.9."""
+    return tuple(int(part) for part in re.findall(r"[0-9]+", version))
+
+
+def _newest(upstream: Upstream, used: dict[str, Distfile]) -> re.Match | None:
+    """The newest release UPSTREAM names (None: none for the version of its BASE in use), or _Unreached."""
+    import requests  # only when the check asks: a deploy never pays for the import
+
+    try:
+        response = requests.get(upstream.url, timeout=UPSTREAM_TIMEOUT, headers={"User-Agent": USER_AGENT})
+        response.raise_for_status()
+        text = response.text if upstream.field is None else response.json()[upstream.field]
+    except requests.Timeout:
+        raise _Unreached(f"no answer within {UPSTREAM_TIMEOUT} s") from None
+    except requests.HTTPError as error:
+        raise _Unreached(f"HTTP {error.response.status_code}") from None
+    except requests.ConnectionError as error:
+        raise _Unreached(_connection_failure(error)) from None
+    except ValueError:  # (requests' JSONDecodeError is one)
+        raise _Unreached("its answer is not JSON") from None
+    except requests.RequestException as error:
+        raise _Unreached(type(error).__name__) from None
+    except (KeyError, TypeError):
+        raise _Unreached(f"its answer has no {upstream.field!r}") from None
+    found = list(re.finditer(upstream.pattern, str(text)))
+    if not found:
+        raise _Unreached("its answer names no release")
+    if upstream.base:
+        floor = _number(used[upstream.base].version)
+        found = [match for match in found if _number(match["base"]) >= floor]
+    return max(found, key=lambda match: _number(match["version"]), default=None)
+
+
+def _connection_failure(error: Exception) -> str:
+    text = str(error)
+    errno = re.search(r"\[Errno -?[0-9]+\] ([^'\")\]]+)", text)
+    if "NameResolutionError" in text:
+        return "its name does not resolve" + (f" ({errno[1].strip()})" if errno else "")
+    if errno:
+        return errno[1].strip()
+    return "certificate not trusted" if "CERTIFICATE_VERIFY_FAILED" in text else type(error).__name__
+
+
+def check_upstream_releases(target):
+    """No pinned source is behind its upstream's newest release (asked from the laptop, side by side)."""
+    from qmailhost.checks import OK, SKIPPED, WARNING  # (checks imports this module)
+
+    if target.on_host:
+        return SKIPPED, "asks upstream from the laptop only"
+    if not target.settings.check_upstream_releases:
+        return SKIPPED, "check_upstream_releases is off"
+    used = in_use(target.settings.sources)
+    asked = {name: upstream for name, upstream in UPSTREAMS.items() if upstream is not None}
+
+    def ask(upstream: Upstream) -> re.Match | None | _Unreached:
+        try:
+            return _newest(upstream, used)
+        except _Unreached as failure:
+            return failure
+
+    with ThreadPoolExecutor(max_workers=max(1, len(asked))) as pool:
+        answers = dict(zip(asked, pool.map(ask, asked.values()), strict=True))
+    behind, current, unreached = [], [], []
+    for name, newest in answers.items():
+        upstream, version = asked[name], used[name].version
+        if isinstance(newest, _Unreached):
+            unreached.append(f"{name}'s upstream {urlsplit(upstream.url).netloc} not reached: {newest}")
+        elif newest is not None and _number(newest["version"]) > _number(version):
+            pinned = "pinned" if used[name] == PINS[name] else f"pinned by {used[name].pinned_by}"
+            named = f" ({newest[0]})" if upstream.base else ""
+            behind.append(f"{name} {version} {pinned}, {newest['version']} released{named}: see {upstream.page}")
+        else:
+            current.append(f"{name} {version}")
+    if behind:
+        return WARNING, "; ".join(behind + unreached)
+    if unreached:
+        return SKIPPED, "; ".join(unreached)
+    final = [f"{name} {used[name].version}" for name in used if name not in asked]
+    return OK, "; ".join([*([f"{', '.join(current)} current"] if current else []),
+                          *([f"{', '.join(final)}: final releases"] if final else [])])

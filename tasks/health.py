@@ -68,21 +68,20 @@ SETTINGS_COPY = "Write what the scheduled checks read (the settings, no secret)"
 # Settings only the laptop's runs read (where it keeps things, what a deploy or restore does
 # next): left out of what the host's runs read, so changing one changes nothing on the host.
 LAPTOP_ONLY = ("verify_after_deploy", "restore_from", "backup_dir", "backup_prune", "backup_prune_repository",
-               "backup_password_file", "distfiles", "distfiles_explicit", "sources")
+               "backup_password_file", "distfiles", "distfiles_explicit", "sources", "check_upstream_releases")
 
 
 @dataclass(frozen=True)
 class Paths:
     apprise: str
     packages: tuple[str, ...]
-    run_by: str  # "service": a supervised loop; "cron": root's crontab
     inodes: tuple[str, int, int]  # df's inode report: (command, column of used, column of free)
 
 
 PATHS = {
-    "debian": Paths("/usr/bin/apprise", ("apprise",), "service", ("df -P -i", 2, 3)),
+    "debian": Paths("/usr/bin/apprise", ("apprise",), ("df -P -i", 2, 3)),
     # pkgsrc comms/py-apprise for its default Python: bin/apprise-3.13, as py-certbot's certbot-3.13
-    "netbsd": Paths("/usr/pkg/bin/apprise-3.13", ("py313-apprise",), "cron", ("df -i", 5, 6)),
+    "netbsd": Paths("/usr/pkg/bin/apprise-3.13", ("py313-apprise",), ("df -i", 5, 6)),
 }
 
 
@@ -238,19 +237,11 @@ def configure(platform: Platform, settings: Settings) -> None:
 
 
 def _schedule(platform: Platform, settings: Settings, on: bool) -> None:
-    mine = files(platform)
-    if PATHS[platform.name].run_by == "cron":
-        ops.cron(name=f"Run the status checks when due (cron, every {CRON_MINUTES} min)" if on
-                 else "Stop the scheduled status checks (cron)", command=f"{mine['run']} --if-due >/dev/null 2>&1",
-                 cron_name=CRON_NAME, minute=f"*/{CRON_MINUTES}", present=on)
-        return
-    if on:
-        services.declare(platform, services.Service(
-            name=SERVICE, description="runs the status checks when due",
-            run=services.loop_run("health", "run the status checks when due", f"{mine['run']} --if-due", POLL),
-            rcd=services.Rcd(SERVICE.replace("-", ""))))
-    else:
-        services.backend(platform).retire(platform, SERVICE, "health_every is null")
+    services.repeat(platform, services.Repeat(
+        "health", SERVICE, "runs the status checks when due", "run the status checks when due",
+        f"{files(platform)['run']} --if-due", POLL, CRON_NAME, cron_minute=f"*/{CRON_MINUTES}"),
+        on, operation=f"Run the status checks when due (cron, every {CRON_MINUTES} min)" if on
+        else "Stop the scheduled status checks (cron)", off_because="health_every is null")
 
 
 # --- verify.py: the last scheduled run, beside the laptop's own table ------------------------------

@@ -7,9 +7,11 @@ Without either, they skip with one loud line saying why.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,35 @@ from harness import sandbox
 from harness.pyinfra_cli import LOCAL_MIRROR, sources_available
 
 _counter = itertools.count(1)
+_getaddrinfo = socket.getaddrinfo
+
+
+def _this_machine(name) -> bool:
+    if name is None or isinstance(name, bytes | bytearray):
+        name = name.decode() if name else None
+    if name in (None, "", "localhost", socket.gethostname()) or str(name).endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(str(name).split("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _local_getaddrinfo(host, *args, **kwargs):
+    if not _this_machine(host):
+        raise socket.gaierror(socket.EAI_NONAME, f"the tests look up no name beyond this machine: {host}")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_names_beyond_this_machine():
+    """No test in this process resolves a name beyond this machine (the machines reach only
+    loopback and the test hosts' addresses): a check that would ask the internet fails fast
+    and loudly instead of sending a question out."""
+    socket.getaddrinfo = _local_getaddrinfo
+    yield
+    socket.getaddrinfo = _getaddrinfo
 
 
 def _why_no_sandbox() -> str | None:

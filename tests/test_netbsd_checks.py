@@ -23,7 +23,8 @@ from qmailhost.settings import Settings
 
 LINUX_ONLY = ("svstat", "svok", "/etc/service", "-printf", "getent shadow", "sha256sum", "stat -c", "dpkg",
               "/etc/init.d", "systemctl")
-DATA = {"hostname": "mail.example.org", "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}]}
+DATA = {"hostname": "mail.example.org", "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}],
+        "check_upstream_releases": False}  # the network probes below would ask the real upstreams
 HOST_SIDE = {"services_up", "queue", "no_tmda_leftovers", "submission_mode", "blocklists_answer", "dkim_keys",
              "updates"}
 KEYS, SIGNER = "/usr/pkg/etc/qmailhost/dkim/keys", "/usr/pkg/etc/qmailhost/dkim/qmail-remote"
