@@ -48,16 +48,25 @@ def upload(fetched: dict[str, tuple[Distfile, str]]) -> dict[str, str]:
 _PENDING: dict[str, list[dict]] = {}  # host name -> the builds its deploy asked for
 
 
-def build(component: str, description: str, script: str, args: list[str], inputs: list[str]) -> None:
-    """Install SCRIPT (qmailhost/<component>/NAME); its run with ARGS joins the builds run_all() starts when
-    INPUTS (checksums, options, the script itself) changed since its last build."""
+def build(component: str, description: str, script: str, args: list[str], inputs: list[str],
+          files: tuple[str, ...] = ()) -> None:
+    """Install SCRIPT (files/<component>/NAME); its run with ARGS joins the builds run_all() starts when
+    INPUTS (checksums, options, the script itself) changed since its last build. FILES (files/ names,
+    our own patches) are installed beside the script, their paths follow ARGS and their text joins
+    the inputs: a changed one rebuilds, as a changed distfile does."""
     text = read(script)
     remote_script = f"{SCRIPT_DIR}/{component}.sh"
     ops.whole_file(name=f"Install the {component} build script", dest=remote_script, content=text, mode="755")
+    texts, paths = [], []
+    for name in files:
+        base = name.rsplit("/", 1)[-1]
+        texts.append(read(name))
+        paths.append(f"{SCRIPT_DIR}/{component}-{base}")  # beside the script, outside its work directory
+        ops.whole_file(name=f"Install {base} for the {component} build", dest=paths[-1], content=texts[-1])
     _PENDING.setdefault(host.name, []).append({
         "component": component, "description": description, "stamp": f"build-{component}",
-        "digest": ops.stamp_digest("\n".join([text, *args, *inputs])),
-        "command": " ".join([remote_script, *args]),
+        "digest": ops.stamp_digest("\n".join([text, *args, *paths, *inputs, *texts])),
+        "command": " ".join([remote_script, *args, *paths]),
     })
 
 

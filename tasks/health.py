@@ -252,8 +252,11 @@ def show_last_run(state, host) -> None:
     ok, output = host.run_shell_command(
         f"cat {HEALTH_DIR}/last.json 2>/dev/null; echo; echo ---; tail -n 20 {HEALTH_DIR}/events.log 2>/dev/null; true",
         print_output=False, **connector_arguments(state, host))
-    text = output.stdout if ok else ""
-    last_text, _, events_text = text.partition("\n---\n")
+    lines = output.stdout.splitlines() if ok else []
+    # (the marker may end the output: pyinfra drops a last newline, and a host whose runs have
+    # seen no change yet has no events.log)
+    split = lines.index("---") if "---" in lines else len(lines)
+    last_text, events_text = "\n".join(lines[:split]), "\n".join(lines[split + 1:])
     try:
         last = json.loads(last_text)
     except ValueError:

@@ -36,6 +36,7 @@ FILTERS = {
 # when TLS was compiled in, whatever PKG_OPTIONS recorded.
 NEEDS = {
     "debian": Needs(builds=("spamdyke",)),
+    # pkgsrc's spamdyke keeps the fixed 0.5 s waits in its TLS code (PATCHES: Debian's build only).
     "netbsd": Needs(
         pkgsrc_builds=(("mail/spamdyke", "spamdyke", ("tls",)),),
         pkgsrc_proofs=(("spamdyke", "/usr/pkg/bin/spamdyke -v 2>&1 </dev/null | head -1", "+TLS",
@@ -56,13 +57,18 @@ def recipient_checker(platform: Platform) -> str | None:
     return f"{platform.prefix}/bin/spamdyke-qrv" if "spamdyke" in NEEDS[platform.name].builds else None
 
 
+# Our own patches to the release, applied by build.sh: its TLS handshake, reads, writes and
+# shutdown wait on the socket, not a fixed 0.5 s per try (issue 27).
+PATCHES = ("spamdyke/tls-wait.patch",)
+
+
 @deploy("spamdyke")
 def install(platform: Platform, distfiles: dict[str, str], checksums: dict[str, str]) -> None:
     if "spamdyke" not in NEEDS[platform.name].builds:
         return  # a package provides it (backends/packages.py)
     builds.build("spamdyke", "Build and install spamdyke and spamdyke-qrv", "spamdyke/build.sh",
                  args=[distfiles["spamdyke"], program(platform), recipient_checker(platform), tls.KEY_GROUP],
-                 inputs=[checksums["spamdyke"]])
+                 inputs=[checksums["spamdyke"]], files=PATCHES)
 
 
 def smtp_config(platform: Platform, settings: Settings) -> str:

@@ -1,13 +1,17 @@
 #!/bin/sh
-# Build spamdyke from its release tarball ($1) with TLS (STARTTLS on port 25) and install
-# it as $2; build spamdyke-qrv from the same tarball and install it as $3, setuid root (it
-# looks into homes for .qmail files) and executable only by group $4 (port 25's). On OpenSSL 3 its configure finds no SSL_library_init (a macro now) and quietly
-# builds without TLS: the autoconf cache answer says where it is, and a build whose
-# `spamdyke -v` lacks +TLS is refused.
+# Build spamdyke from its release tarball ($1) with TLS (STARTTLS on port 25) and our
+# tls-wait.patch ($5: its TLS handshake, reads, writes and shutdown wait on the
+# socket, not a fixed 0.5 s a try), and install it as $2; build spamdyke-qrv from the same
+# tarball and install it as $3, setuid root (it looks into homes for .qmail files) and
+# executable only by group $4 (port 25's). On OpenSSL 3 its configure finds no
+# SSL_library_init (a macro now) and quietly builds without TLS: the autoconf cache answer
+# says where it is, and a build whose `spamdyke -v` lacks +TLS is refused. The patch must
+# apply exactly (no fuzz).
 set -eu
 work=/var/lib/qmailhost/build/spamdyke
 rm -rf "$work" && mkdir -p "$work" && cd "$work"
 tar xzf "$1" --strip-components=1
+patch -s -p1 --fuzz=0 < "$5" || { echo "$5 does not apply to $1" >&2; exit 1; }
 cd spamdyke
 { ac_cv_search_SSL_library_init=-lssl ./configure --enable-tls && make; } >"$work/make.log" 2>&1 ||
   { tail -30 "$work/make.log" >&2; exit 1; }
