@@ -249,7 +249,10 @@ class Host:
     def save(self) -> None:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file().with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
+        # A field added later is left out while unset, so an older tree's harness (bench/'s
+        # "before" trees) still reads the state of hosts made by this one.
+        state = {k: v for k, v in asdict(self).items() if not (k == "dns_pid" and v is None)}
+        tmp.write_text(json.dumps(state))
         tmp.rename(self.state_file())
 
 
