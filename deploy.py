@@ -32,6 +32,7 @@ from tasks import (
     qmail,
     resolver,
     smtpd,
+    spam,
     spamdyke,
     stunnel,
     submission,
@@ -79,6 +80,7 @@ updates.configure(platform, settings)  # security updates unattended, restart-st
 services.supervisor(platform)
 qmail.service(platform, control, qmail.build_identity(checksums), remote=signer)
 resolver.configure(platform, settings)
+spam.configure(platform, settings)  # after the resolver it asks, before port 25's filter asks it
 smtpd.configure(platform, settings)
 submission.configure(platform, settings, mode)
 stunnel.configure(platform, settings, tls_pair, mode)

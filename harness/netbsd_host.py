@@ -26,6 +26,13 @@ DKIM (tasks/dkim.py): pkgsrc's dkimpy (mail/py-dkim as py313-dkim) installs its 
 PyNaCl for ed25519). The model makes a new key pair each time and the dkim_keys probe reads
 them back from the files (so keys a restore put back are seen too); the addresses probe reads
 NetBSD's ``ifconfig -a`` (``interfaces``), as the probe's awk does.
+
+Spam (tasks/spam.py): pkgsrc's mail/rspamd and databases/redis, binary packages named rspamd
+and redis, each installing its rc.d script (RCD_SCRIPTS rspamd, redis; rspamd's has a reload
+command) and its user (PKG_USERS rspamd:rspamd, redis:redis). The controller's password is made
+on the host by one command (a random password file, and the include with its hash from
+rspamadm's Lua), which the model follows with a password of its own, never shown; ``rspamadm
+configtest`` passes unless ``rspamd_config_ok`` says otherwise (the run stops there).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import contextlib
 import copy
 import hashlib
 import io
+import json
 import re
 import secrets
 import shlex
@@ -49,11 +57,13 @@ from harness.plan_harness import DEFAULT, plan_deploy
 
 PACKAGE_RC_SCRIPTS = {"qmail-run": ("qmailsend", "qmailsmtpd", "qmailofmipd", "qmailpop3d", "qmailqread"),
                       "stunnel": ("stunnel",), "tmda": ("tofmipd",), "unbound": ("unbound",),
-                      "dovecot": ("dovecot",)}  # mail/dovecot2: RCD_SCRIPTS=dovecot (files/dovecot.sh)
+                      "dovecot": ("dovecot",),  # mail/dovecot2: RCD_SCRIPTS=dovecot (files/dovecot.sh)
+                      "rspamd": ("rspamd",), "redis": ("redis",)}  # mail/rspamd, databases/redis: RCD_SCRIPTS
 # The users (each in its own group) a package's PKG_USERS creates when it is installed.
-PACKAGE_USERS = {"dovecot": ("dovecot", "dovenull")}  # mail/dovecot2: dovecot:dovecot dovenull:dovenull
+PACKAGE_USERS = {"dovecot": ("dovecot", "dovenull"),  # mail/dovecot2: dovecot:dovecot dovenull:dovenull
+                 "rspamd": ("rspamd",), "redis": ("redis",)}  # RSPAMD_USER, REDIS_USER (and their groups)
 # The rc.d scripts with a reload command (extra_commands="reload"): the others say "unknown command".
-RC_RELOADS = {"qmailsend", "dovecot"}
+RC_RELOADS = {"qmailsend", "dovecot", "rspamd"}  # mail/rspamd's files/rspamd.sh: extra_commands="reload"
 DOVECOT = "/usr/pkg/sbin/dovecot"
 # The options pkgin's binary packages were built with: pkgsrc's PKG_SUGGESTED_OPTIONS
 # (mail/qmail/options.mk: tls among them; mail/spamdyke and mail/mess822 suggest none).
@@ -101,6 +111,15 @@ ROOT_CRONTAB = [
     "#30\t1\t1\t*\t*\t/bin/sh /etc/monthly 2>&1 | tee /var/log/monthly.out | sendmail -t",
 ]
 
+
+# tasks/spam.py from pkgsrc: mail/rspamd (PKG_SYSCONFDIR etc/rspamd; rspamadm beside rspamd) and
+# databases/redis (its rc.d script runs redis-server with PKG_SYSCONFDIR/redis.conf).
+SPAM_PACKAGES = ("rspamd", "redis")
+RSPAMADM = "/usr/pkg/bin/rspamadm"
+RSPAMD_CONF = "/usr/pkg/etc/rspamd/rspamd.conf"
+RSPAMD_LOCAL = "/usr/pkg/etc/rspamd/local.d"
+REDIS_CONF = "/usr/pkg/etc/redis.conf"
+SPAM_DIR = "/usr/pkg/etc/qmailhost/spam"  # the controller's password and the include with its hash
 
 # tasks/dkim.py from pkgsrc for its default Python (lang/python/pyversion.mk: 313): mail/py-dkim (dkimpy,
 # PKGNAME ${PYPKGPREFIX}-dkim) and mail/py-spf (pyspf); dknewkey is bin/dknewkey (not suffixed).
@@ -182,6 +201,8 @@ class NetBSDHost:
     spamdyke_tls_compiled: bool = True
     # What `dovecot --version` prints first (pkgsrc's mail/dovecot2 was 2.3.x): a test may make it a 2.4.
     dovecot_version: str = "2.3.21.1"
+    # Whether `rspamadm configtest` passes (a test may make the config one rspamd refuses).
+    rspamd_config_ok: bool = True
     # What `ifconfig -a` prints (the addresses probe); a test may give the host other addresses.
     interfaces: str = IFCONFIG
     keys_made: list[tuple[str, str, str]] = field(default_factory=list)  # (domain, selector, ktype) by dknewkey
@@ -547,10 +568,50 @@ class NetBSDHost:
             assert self.files[f"{m['root']}/runtime.tar.gz"]["sha256"], "unpacked before its upload"
             self.runtime_unpacked = self.files[f"{m['root']}/runtime.tar.gz"]["sha256"]
             self.stamps[m["stamp"]] = m["digest"]
-        elif self._updates_command(command):  # tasks/updates.py: its section below
+        elif self._updates_command(command) or self._spam_command(command):  # updates.py's, spam.py's: below
             pass
         else:
             raise AssertionError(f"the NetBSD model does not know what this does: {command}")
+
+    # --- tasks/spam.py: the controller's password, rspamadm configtest
+    def _spam_command(self, command: str) -> bool:
+        """Apply one of tasks/spam.py's commands (False: not one of them)."""
+        password, include = f"{SPAM_DIR}/controller.password", f"{SPAM_DIR}/controller.inc"
+        made = (f"umask 077 && mkdir -p {SPAM_DIR} && chmod 700 {SPAM_DIR} && if [ ! -s {password} ]; then "
+                f"od -An -N24 -tx1 /dev/urandom | tr -d ' \\n' > {password}.new && mv -f {password}.new {password}; fi "
+                f"&& h=$({RSPAMADM} lua -b -e 'print(require(\"rspamd_cryptobox\").pbkdf(io.read(\"*l\")))' "
+                f"< {password}) && case \"$h\" in '$2$'*) ;; *) echo 'rspamadm made no password hash' >&2; exit 1 ;; "
+                f"esac && printf 'password = \"%s\";\\n' \"$h\" > {include}.new && mv -f {include}.new {include}")
+        if command == made:
+            assert "rspamd" in self.packages, "rspamadm runs before rspamd is installed"
+            self.dirs[SPAM_DIR] = {"mode": 700, "user": "root", "group": "wheel"}
+            if not self.contents.get(password):  # (a password kept is used again)
+                self._write(password, secrets.token_hex(24), "600", "root", "wheel")
+            self._write(include, f'password = "$2$model{secrets.token_hex(16)}";\n', "600", "root", "wheel")
+            return True
+        if command == f"{RSPAMADM} configtest -c {RSPAMD_CONF}":
+            assert "rspamd" in self.packages, "rspamadm runs before rspamd is installed"
+            assert include in self.files, f"rspamd's config includes {include}, which is not there"
+            assert f"{RSPAMD_LOCAL}/worker-controller.inc" in self.files, "configtest before local.d is written"
+            assert self.rspamd_config_ok, "the run stops: rspamadm configtest says syntax BAD"
+            return True
+        return False
+
+    def spam_stat(self, command: str) -> str | None:
+        """What tasks/spam.py's check (files/spam/stat.py, run by pkgsrc's Python) prints here: rspamd
+        answers when it runs, and its controller wants the password the host made (None: not that command)."""
+        from qmailhost.platform import netbsd
+        from tasks import spam
+
+        if command != spam.stat_command(netbsd("10")):
+            return None
+        if "rspamd" not in self.running:
+            return json.dumps({"ping": "ConnectionRefusedError: [Errno 61] Connection refused", "open": None,
+                               "stat": "ConnectionRefusedError: [Errno 61] Connection refused"}) + "\n"
+        stat = {"version": "3.10.2", "scanned": 0, "actions": {"reject": 0, "add header": 0, "no action": 0},
+                "statfiles": [{"symbol": "BAYES_SPAM", "revision": 0}, {"symbol": "BAYES_HAM", "revision": 0}]}
+        known = f"{SPAM_DIR}/controller.password" in self.files
+        return json.dumps({"ping": "pong", "open": 401, "stat": stat if known else "HTTP 401"}) + "\n"
 
     # --- tasks/dkim.py: pkgsrc's dknewkey
     def _dknewkey(self, m: re.Match) -> None:

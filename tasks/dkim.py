@@ -18,7 +18,8 @@
 - Inbound: qmail-smtpd queues through ``authres.py`` (QMAILQUEUE), which prepends an
   ``Authentication-Results:`` header with each DKIM signature's result and SPF of the
   envelope sender, asking the host's own resolver (tasks/resolver.py), and removes any forged one
-  in this host's name (``authentication_results``).
+  in this host's name (``authentication_results``). The same program asks rspamd for its
+  verdict first (tasks/spam.py, ``spam_filter``): one Python start per message for both jobs.
 - The DNS records it needs (one TXT per key) are declared for records.py and compared with
   DNS by the tasks/dns.py checks; its own check says each signing key is in place and private.
 """
@@ -39,7 +40,7 @@ from qmailhost.facts import host_state
 from qmailhost.files import read
 from qmailhost.platform import Platform
 from qmailhost.settings import Settings, SettingsError, boolean
-from tasks import resolver
+from tasks import resolver, spam
 
 SIGNER_USER = "qmailr"  # qmail-remote's user: the only one that may read the keys
 ED25519_SUFFIX = "-ed25519"
@@ -113,9 +114,24 @@ def signer(platform: Platform, settings: Settings) -> str | None:
     return files(platform)["signer"] if settings.dkim else None
 
 
+def inbound_filter(settings: Settings) -> bool:
+    """Does mail on port 25 pass the inbound filter (Authentication-Results, the spam verdict, or both)?"""
+    return settings.authentication_results or settings.spam_filter
+
+
 def inbound_queue(platform: Platform, settings: Settings) -> str | None:
     """What qmail-smtpd queues through (QMAILQUEUE), or None: qmail-queue itself."""
-    return files(platform)["filter"] if settings.authentication_results else None
+    return files(platform)["filter"] if inbound_filter(settings) else None
+
+
+def inbound_config(platform: Platform, settings: Settings) -> str:
+    """The inbound filter's config: the real qmail-queue, and a line or two turning on each of its jobs."""
+    lines = [f"queue {platform.qmail_bin}/qmail-queue"]
+    if settings.authentication_results:
+        lines = [f"authserv-id {settings.hostname}", *lines, f"resolver {resolver.ADDRESS}"]
+    if spam.checkv2_url(settings):
+        lines += [f"rspamd {spam.checkv2_url(settings)}", f"rspamd-seconds {spam.TIME_BUDGET}"]
+    return "\n".join(lines) + "\n"
 
 
 # --- settings --------------------------------------------------------------------------------
@@ -180,7 +196,7 @@ def _script(platform: Platform, name: str) -> str:
 def configure(platform: Platform, settings: Settings) -> None:
     """The keys (made once), the signer and its table; the inbound filter and its config."""
     mine = files(platform)
-    wanted = settings.dkim or settings.authentication_results
+    wanted = settings.dkim or inbound_filter(settings)
     if wanted:
         ops.directory(name="Create qmailhost's DKIM directory", path=own_dir(platform), user="root",
                       group=platform.root_group, mode="755")
@@ -208,15 +224,14 @@ def configure(platform: Platform, settings: Settings) -> None:
     else:
         for path, what in ((mine["table"], "signing table"), (mine["signer"], "signer")):
             ops.absent_file(name=f"Remove the DKIM {what} (dkim is off; keys kept)", path=path)
-    if settings.authentication_results:
+    if inbound_filter(settings):
         ops.whole_file(name="Write the inbound filter's config", dest=mine["inbound"],
-                       content=f"authserv-id {settings.hostname}\nqueue {platform.qmail_bin}/qmail-queue\n"
-                               f"resolver {resolver.ADDRESS}\n")
-        ops.whole_file(name="Install the inbound filter (Authentication-Results, in front of qmail-queue)",
+                       content=inbound_config(platform, settings))
+        ops.whole_file(name="Install the inbound filter (Authentication-Results, spam verdict; before qmail-queue)",
                        dest=mine["filter"], mode="755", content=_script(platform, "dkim/authres.py"))
     else:
         for path, what in ((mine["inbound"], "inbound filter's config"), (mine["filter"], "inbound filter")):
-            ops.absent_file(name=f"Remove the {what} (authentication_results is off)", path=path)
+            ops.absent_file(name=f"Remove the {what} (authentication_results and spam_filter are off)", path=path)
 
 
 # --- DNS records, status check ---------------------------------------------------------------

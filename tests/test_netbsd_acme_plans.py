@@ -22,7 +22,15 @@ import pytest
 from pyinfra.api import FunctionCommand
 
 from harness import netbsd_host
-from harness.netbsd_host import HEALTH_CRON, HEALTH_PACKAGES, ROOT_CRONTAB, NetBSDHost, converged_host, deploy_data
+from harness.netbsd_host import (
+    HEALTH_CRON,
+    HEALTH_PACKAGES,
+    ROOT_CRONTAB,
+    SPAM_PACKAGES,
+    NetBSDHost,
+    converged_host,
+    deploy_data,
+)
 from harness.plan_harness import commands_of, index, plan_deploy, uploaded
 from qmailhost import platform as platforms
 from qmailhost import recovery
@@ -146,7 +154,8 @@ def test_a_bare_host_installs_certbot_and_writes_the_hook_and_renewal_script(bar
     assert install.startswith("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install ")
     # pkgsrc's certbot beside the other components' packages (in component order: tasks/)
     assert install.split()[4:] == ["python313", "py313-certbot", "checkpassword", "py313-dkim", "py313-spf",
-                                   *HEALTH_PACKAGES, "dovecot", "qmail-run", "ucspi-tcp", "unbound", "stunnel"]
+                                   *HEALTH_PACKAGES, "dovecot", "qmail-run", "ucspi-tcp", "unbound", *SPAM_PACKAGES,
+                                   "stunnel"]
     assert f"mkdir -p {MINE}" in commands and f"chown root:wheel {MINE} && chmod 700 {MINE}" in commands
     for script in (HOOK, RENEW):  # root's only, written whole, before the order runs the hook
         assert f"chown root:wheel {script}.qmailhost-new && chmod 700 {script}.qmailhost-new " \

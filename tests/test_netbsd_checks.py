@@ -26,7 +26,7 @@ LINUX_ONLY = ("svstat", "svok", "/etc/service", "-printf", "getent shadow", "sha
 DATA = {"hostname": "mail.example.org", "accounts": [{"name": "alice", "password_env": "QMAILHOST_TEST_PASSWORD"}],
         "check_upstream_releases": False}  # the network probes below would ask the real upstreams
 HOST_SIDE = {"services_up", "queue", "no_tmda_leftovers", "submission_mode", "blocklists_answer", "dkim_keys",
-             "updates"}
+             "updates", "spam_filter"}
 KEYS, SIGNER = "/usr/pkg/etc/qmailhost/dkim/keys", "/usr/pkg/etc/qmailhost/dkim/qmail-remote"
 
 
@@ -57,6 +57,8 @@ class CheckedHost(NetBSDHost):
         if (output := self.updates_status(command)) is not None:  # tasks/updates.py: pkg_admin's list and audit
             return True, output
         if (output := health_answer(command)) is not None:  # tasks/health.py: its last run, and df
+            return True, output
+        if (output := self.spam_stat(command)) is not None:  # tasks/spam.py: what rspamd says
             return True, output
         raise AssertionError(f"the NetBSD model does not know this check command: {command[:200]}")
 
@@ -101,7 +103,10 @@ def test_after_a_deploy_the_host_side_checks_are_ok_and_speak_netbsd(deployed):
     assert all(status == checks.OK for name, (status, _) in results.items() if name != "listed"), results
     assert results["listed"] == (checks.SKIPPED, MODEL_NOT_LISTABLE)
     assert results["services_up"][1] == ("all up: dovecot pid 100, qmail-send pid 101, unbound pid 102, "
-                                         "qmail-smtpd pid 103, stunnel pid 104, qmail-ofmipd pid 105")
+                                         "qmail-smtpd pid 103, redis pid 104, rspamd pid 105, stunnel pid 106, "
+                                         "qmail-ofmipd pid 107")
+    assert results["spam_filter"][1] == ("rspamd 3.10.2 answers; 0 scanned (0 refused, 0 marked spam); Bayes "
+                                         "learned 0 spam, 0 ham; the controller wants its password")
     assert results["blocklists_answer"][1] == "zen.spamhaus.org answer their test points through the host's resolver"
     assert results["dkim_keys"][1] == "1 key for example.org, readable by qmailr alone"
     for command in host.sent:

@@ -153,7 +153,8 @@ def test_a_bare_host_writes_the_signer_and_the_filter_with_pkgsrcs_python(bare):
         assert text.startswith(f"#!{PYTHON}\n") and text == f"#!{PYTHON}\n" + read(source)
         assert installed(plan, script, "755")
     assert installed(plan, TABLE, "644") and installed(plan, INBOUND, "644")
-    assert uploaded(plan, INBOUND) == "authserv-id mail.example.org\nqueue /usr/pkg/bin/qmail-queue\nresolver 127.0.0.1\n"
+    assert uploaded(plan, INBOUND) == ("authserv-id mail.example.org\nqueue /usr/pkg/bin/qmail-queue\nresolver 127.0.0.1\n"
+                                       "rspamd http://127.0.0.1:11333/checkv2\nrspamd-seconds 20\n")  # (spam/)
     # qmail-send runs the signer as qmail-remote, qmail-smtpd queues through the filter: both in place first
     assert SEND_ENV in uploaded(plan, "/etc/rc.conf.d/qmailsend")
     assert SMTPD_ENV in uploaded(plan, "/etc/rc.conf.d/qmailsmtpd")
@@ -297,12 +298,22 @@ def test_dkim_off_removes_the_signer_the_table_and_qmailremote_and_keeps_the_key
     assert host.restarted == ["qmailsend", "qmailsend"] and len(host.keys_made) == 1
 
 
-def test_authentication_results_off_removes_qmailqueue_and_the_filter(converged):
+def test_authentication_results_off_keeps_the_filter_for_the_spam_verdict_alone(converged):
     host = converged.copy()
     plan = plan_deploy(deploy_data(**HERMETIC, authentication_results=False), host.answer)
+    assert [name for name, _ in plan] == ["Write the inbound filter's config", SETTINGS_COPY]
+    assert uploaded(plan, INBOUND) == ("queue /usr/pkg/bin/qmail-queue\nrspamd http://127.0.0.1:11333/checkv2\n"
+                                       "rspamd-seconds 20\n")  # read per message: nothing restarts
+
+
+def test_authentication_results_and_spam_filter_off_remove_qmailqueue_and_the_filter(converged):
+    host = converged.copy()
+    off = {"authentication_results": False, "spam_filter": False}
+    plan = plan_deploy(deploy_data(**HERMETIC, **off), host.answer)
     assert [name for name, _ in plan] == [
-        "Remove the inbound filter's config (authentication_results is off)",
-        "Remove the inbound filter (authentication_results is off)",
+        "Remove the inbound filter's config (authentication_results and spam_filter are off)",
+        "Remove the inbound filter (authentication_results and spam_filter are off)",
+        "Disable rspamd (/etc/rc.conf.d/rspamd)", "Stop rspamd", "Disable redis (/etc/rc.conf.d/redis)", "Stop redis",
         "Configure qmailsmtpd (/etc/rc.conf.d/qmailsmtpd)", "Run qmailsmtpd (restart on change)", SETTINGS_COPY]
     rc_conf = uploaded(plan, "/etc/rc.conf.d/qmailsmtpd")
     assert 'qmailsmtpd_postenv="OPENSSL_CONF=/usr/pkg/etc/qmailhost/tls/openssl-policy.cnf"\n' in rc_conf
@@ -313,11 +324,12 @@ def test_authentication_results_off_removes_qmailqueue_and_the_filter(converged)
     host.restarted.clear()
     host.apply(plan)
     assert host.restarted == ["qmailsmtpd"] and FILTER not in host.files and SIGNER in host.files
-    assert plan_deploy(deploy_data(**HERMETIC, authentication_results=False), host.answer) == []
+    assert plan_deploy(deploy_data(**HERMETIC, **off), host.answer) == []
 
 
 def test_both_off_installs_neither_package():
-    plan = plan_deploy(deploy_data(**HERMETIC, dkim=False, authentication_results=False), NetBSDHost().answer)
+    plan = plan_deploy(deploy_data(**HERMETIC, dkim=False, authentication_results=False, spam_filter=False),
+                       NetBSDHost().answer)
     commands = commands_of(plan)
     assert commands[0].split()[4:] == ["python313", "checkpassword", *HEALTH_PACKAGES, "dovecot", "qmail-run", "ucspi-tcp",
                                        "unbound", "stunnel"]

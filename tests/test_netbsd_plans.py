@@ -19,7 +19,7 @@ import pytest
 import yaml
 from passlib.hash import sha1_crypt
 
-from harness.netbsd_host import HEALTH_PACKAGES, NetBSDHost, converged_host, deploy_data
+from harness.netbsd_host import HEALTH_PACKAGES, SPAM_PACKAGES, NetBSDHost, converged_host, deploy_data
 from harness.plan_harness import commands_of, index, plan_deploy, plan_operation, uploaded
 from qmailhost import ops
 from qmailhost import platform as platforms
@@ -115,7 +115,7 @@ def test_bare_host_in_ofmipd_mode(bare_plan):
     # spamdyke is not a binary package: pkgsrc builds it with tls (tests/test_netbsd_tls_plans.py).
     assert commands[0] == ("PKG_RCD_SCRIPTS=YES /usr/pkg/bin/pkgin -y install "
                            "python313 checkpassword py313-dkim py313-spf " + " ".join(HEALTH_PACKAGES) +
-                           " dovecot qmail-run ucspi-tcp unbound stunnel")
+                           " dovecot qmail-run ucspi-tcp unbound " + " ".join(SPAM_PACKAGES) + " stunnel")
     # Each option is in /etc/mk.conf before its package is built, and the build cleans up after itself.
     for package, option in (("mess822", "sasl"), ("spamdyke", "tls")):
         assert index(commands, f"PKG_OPTIONS.{package}+=\t{option}") \

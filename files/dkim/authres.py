@@ -1,13 +1,34 @@
 """qmailhost (dkim/): the inbound filter in front of qmail-queue on port 25 (QMAILQUEUE).
 
 Installed with the platform's python3 on its first line; qmail-smtpd runs it as qmaild
-with the message on fd 0 and the envelope on fd 1, as it would run qmail-queue. It
-prepends one ``Authentication-Results:`` header (RFC 8601) naming this host: the result of
-each DKIM signature (pass, fail, permerror, temperror; none without one) and SPF of the
-envelope sender from the client's address (TCPREMOTEIP), removes any such header a sender
-forged in this host's name, then hands message and envelope to the real qmail-queue.
-Mail is never lost to a verification problem: a DNS failure is a temperror in the header.
-Only when qmail-queue cannot be run does it exit 71 (a temporary refusal, 451).
+with the message on fd 0 and the envelope on fd 1, as it would run qmail-queue. One
+program does both of the filter's jobs, so a message costs one Python start, each job
+turned on by a line of its config (written by the deploy):
+
+- ``rspamd URL`` (spam/: spam_filter): the message, as received, is posted to rspamd's
+  /checkv2 with its envelope (headers IP: TCPREMOTEIP; Helo: the name the client gave, read
+  from the Received line qmail-smtpd wrote first, since neither qmail-smtpd nor spamdyke
+  exports it; From: the envelope sender, "<>" for a bounce; one Rcpt: per recipient;
+  Queue-Id). The verdict "reject" (or "discard": refused, never dropped in silence) exits
+  31, which qmail-smtpd answers with 554 (notqmail's qmail-smtpd has no way to say more:
+  its text is "mail server permanently rejected message (#5.3.0)"); "soft reject" exits 71
+  (451 "mail server temporarily rejected message (#4.3.0)"). Any other verdict queues the message
+  with rspamd's own headers (X-Spam-Status, X-Spamd-Bar; folded values in LF), or an
+  X-Spam-Status of ours from its action and score when rspamd gave none. rspamd not
+  answering within RSPAMD_SECONDS (the whole exchange: alarm-bounded), refusing, failing
+  or answering something else: the message is queued with ``X-Spam-Status: Unknown
+  (rspamd did not answer: REASON)``, never lost. Such headers a sender wrote themselves
+  (X-Spam-Status, X-Spamd-Bar, X-Spam, and whatever rspamd adds) are removed first, so a
+  forged "No" never survives. Asked first, so a refused message costs no DKIM or SPF
+  lookups, and with the bytes as received (sent from memory, not copied).
+- ``authserv-id NAME`` (authentication_results): it prepends one ``Authentication-Results:``
+  header (RFC 8601) naming this host: the result of each DKIM signature (pass, fail,
+  permerror, temperror; none without one) and SPF of the envelope sender from the client's
+  address (TCPREMOTEIP), and removes any such header a sender forged in this host's name.
+
+Then it hands message and envelope to the real qmail-queue. Mail is never lost to a
+verification problem: a DNS failure is a temperror in the header. Only when qmail-queue
+cannot be run does it exit 71 (a temporary refusal, 451).
 
 What one message may cost is bounded: the first MAX_SIGNATURES signatures are verified
 (the rest get one "policy" result); a key over MAX_KEY_BITS or with an exponent over
@@ -20,21 +41,32 @@ up to databytes is handed on.
 Headers claiming this host's authserv-id are removed by the parsed id (RFC 8601: any
 comment, version, quoting, case or trailing dot), and what comes from the envelope is
 written as one quoted value, so a sender cannot add results to ours.
-Standard library, python3-dkim (dkimpy, with dnspython) and python3-spf (pyspf) only.
+rspamd's answer is read up to MAX_REPLY bytes. Standard library (the spam verdict: http.client
+only), python3-dkim (dkimpy, with dnspython) and python3-spf (pyspf) only, the latter two
+imported only when Authentication-Results are on.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import resource
+import signal
 import sys
 import tempfile
 import time
+import urllib.parse
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inbound")
 DNS_TIMEOUT = 5  # seconds per lookup
-TEMPORARY_REFUSAL = 71  # qmail-queue's "temporarily refused" exit code
+TEMPORARY_REFUSAL = 71  # qmail-queue's "temporarily refused" exit code (qmail-smtpd: 451)
+PERMANENT_REFUSAL = 31  # qmail-queue's "permanently refused" exit code (qmail-smtpd: 554)
+RSPAMD_SECONDS = 20.0  # the longest the whole exchange with rspamd may take (config: rspamd-seconds)
+MAX_REPLY = 2_000_000  # bytes of rspamd's answer read at most (a few kB in practice)
+# Headers that speak for this host's spam verdict: a sender's own are removed before ours are added.
+SPAM_HEADERS = ("x-spam-status", "x-spamd-bar", "x-spam")
 MAX_SIGNATURES = 5  # verified per message; the rest are reported, not verified
 MAX_KEY_BITS = 4096  # RFC 8301 keys are 1024 to 4096 bits
 MAX_EXPONENT_BITS = 32  # real keys use 65537 (17 bits)
@@ -77,8 +109,10 @@ def check_key(record: bytes | None) -> None:
 
 
 def read_config(path: str = CONFIG) -> dict[str, str]:
-    """{"authserv-id": this host's name, "queue": the real qmail-queue, "resolver": the
-    host's own resolver (resolver/: unbound on 127.0.0.1), which DKIM and SPF lookups ask}."""
+    """{"queue": the real qmail-queue; "authserv-id": this host's name (Authentication-Results
+    on), "resolver": the host's own resolver (resolver/: unbound on 127.0.0.1), which DKIM and
+    SPF lookups ask; "rspamd": the URL of rspamd's /checkv2 (spam_filter on), "rspamd-seconds":
+    how long it may take}."""
     with open(path) as config:
         return dict(line.split(None, 1) for line in (raw.strip() for raw in config) if line and line[0] != "#")
 
@@ -242,15 +276,34 @@ def authserv_id_of(field: bytes) -> bytes | None:
     return found.strip().rstrip(b".").lower()
 
 
-def without_forged_results(message: bytes, authserv_id: str) -> bytes:
-    """MESSAGE without Authentication-Results headers claiming to be this host's (RFC 8601 5),
-    told by their parsed authserv-id, however it is spelt."""
+def without_fields(message: bytes, unwanted) -> bytes:
+    """MESSAGE without the header fields (each with its folded lines) for which UNWANTED(field) is true."""
     end = message.find(b"\n\n")
     head, body = (message, b"") if end < 0 else (message[: end + 1], message[end + 1:])
     fields = re.split(rb"\n(?![ \t])", head.rstrip(b"\n"))
-    ours = authserv_id.encode().rstrip(b".").lower()
-    kept = [field for field in fields if authserv_id_of(field) != ours]
+    kept = [field for field in fields if not unwanted(field)]
+    if len(kept) == len(fields):
+        return message
     return b"\n".join(kept) + b"\n" + body if kept else body
+
+
+def without_forged_results(message: bytes, authserv_id: str) -> bytes:
+    """MESSAGE without Authentication-Results headers claiming to be this host's (RFC 8601 5),
+    told by their parsed authserv-id, however it is spelt."""
+    ours = authserv_id.encode().rstrip(b".").lower()
+    return without_fields(message, lambda field: authserv_id_of(field) == ours)
+
+
+def field_name(field: bytes) -> bytes | None:
+    """A header FIELD's name, lower-cased (white space before the colon allowed); None: not a field."""
+    name = re.match(rb"([!-9;-~]+)[ \t]*:", field)
+    return name.group(1).lower() if name else None
+
+
+def spam_fields(names=()):
+    """A test for header fields that speak for a spam verdict: SPAM_HEADERS and NAMES (bytes), any case."""
+    unwanted = {*(n.encode() for n in SPAM_HEADERS), *(n.lower() for n in names)}
+    return lambda field: field_name(field) in unwanted
 
 
 def envelope_sender(envelope: bytes) -> str:
@@ -279,6 +332,156 @@ def _own_memory_limit() -> None:
             resource.setrlimit(limit, (wanted, hard))
 
 
+# --- the spam verdict (spam/: rspamd's /checkv2) --------------------------------------------------
+
+
+class NoVerdict(Exception):
+    """rspamd gave no verdict to act on: the message is queued, marked Unknown with this reason."""
+
+
+def _alarm(_signal, _frame):
+    raise TimeoutError("alarm")
+
+
+def envelope_recipients(envelope: bytes) -> list[bytes]:
+    """The recipients in qmail-queue's envelope (each "T<recipient>\\0"), as bytes."""
+    return [item[1:] for item in envelope.split(b"\0")[1:] if item[:1] == b"T"]
+
+
+def client_helo(message: bytes) -> bytes | None:
+    """The name the client gave in HELO or EHLO, from the Received line qmail-smtpd writes first
+    ("Received: from HOST (HELO NAME) (IP)"; without "(HELO ...)" the name was HOST itself, and
+    none is known when HOST is "unknown")."""
+    found = re.match(rb"Received: from (\S+)(?: \(HELO ([^()\s]+)\))? \(", message[:1024])
+    if not found:
+        return None
+    if found.group(2):
+        return found.group(2)
+    return None if found.group(1) == b"unknown" else found.group(1)
+
+
+def _printable(value: bytes) -> bytes:
+    """VALUE as an HTTP header value: without control characters."""
+    return re.sub(rb"[\x00-\x1f\x7f]", b"", value)
+
+
+def request_headers(message: bytes, envelope: bytes, environ) -> list[tuple[str, bytes]]:
+    """What rspamd is told beside the message: the client (IP, Hostname when tcpserver looked it
+    up, Helo), the envelope (From, "<>" for a bounce; one Rcpt each), a Queue-Id for its log."""
+    sender = envelope[1:].split(b"\0", 1)[0] if envelope[:1] == b"F" else b""
+    headers = [("IP", environ.get("TCPREMOTEIP", "").encode()), ("From", sender or b"<>")]  # <>: a bounce
+    headers += [("Rcpt", recipient) for recipient in envelope_recipients(envelope)]
+    if environ.get("TCPREMOTEHOST"):
+        headers.append(("Hostname", environ["TCPREMOTEHOST"].encode()))
+    helo = client_helo(message)
+    if helo:
+        headers.append(("Helo", helo))
+    headers.append(("Queue-Id", f"qh{int(time.time())}.{os.getpid()}".encode()))
+    return [(name, _printable(value)) for name, value in headers if _printable(value)]
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, http.client.RemoteDisconnected):
+        return "it closed the connection"
+    return _comment(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+
+
+def ask_rspamd(url: str, message: bytes, headers: list[tuple[str, bytes]], seconds: float) -> dict:
+    """rspamd's answer (/checkv2 at URL) for MESSAGE, sent from memory as it is (not copied); the
+    whole exchange, however slowly the other side answers, is cut off after SECONDS. NoVerdict
+    when there is no answer to act on."""
+    parts = urllib.parse.urlsplit(url)
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=seconds)
+    try:
+        connection.putrequest("POST", parts.path or "/", skip_accept_encoding=True)
+        for name, value in headers:
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(message)))
+        connection.endheaders(memoryview(message))
+        response = connection.getresponse()
+        body = response.read(MAX_REPLY + 1)
+    except TimeoutError:
+        raise NoVerdict(f"no answer within {seconds:g} s") from None
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        raise NoVerdict(_reason(error)) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        connection.close()
+    if response.status != 200:
+        raise NoVerdict(_comment(f"HTTP {response.status} {response.reason}"))
+    if len(body) > MAX_REPLY:
+        raise NoVerdict(f"an answer over {MAX_REPLY} bytes")
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        raise NoVerdict("an answer that is not JSON") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("action"), str):
+        raise NoVerdict("an answer without an action")
+    return answer
+
+
+def _field(name: str, value: str) -> bytes:
+    """One header field NAME: VALUE, rspamd's CRLF folding made LF (every continuation line
+    starts with white space; empty lines dropped)."""
+    lines = [line for line in value.replace("\r\n", "\n").replace("\r", "\n").split("\n") if line.strip()]
+    folded = "\n".join([lines[0] if lines else ""] + [line if line[:1] in " \t" else "\t" + line for line in lines[1:]])
+    return f"{name}: {folded}\n".encode(errors="replace")
+
+
+def _score(answer: dict) -> float:
+    score = answer.get("score")
+    return float(score) if isinstance(score, int | float) and not isinstance(score, bool) else 0.0
+
+
+def verdict_headers(answer: dict) -> tuple[list[bytes], set[str]]:
+    """The header fields rspamd's ANSWER adds (milter.add_headers), with an X-Spam-Status of ours
+    from its action and score when it gave none; and the names of all of them (lower case)."""
+    added = (answer.get("milter") or {}).get("add_headers") if isinstance(answer.get("milter"), dict) else None
+    fields, names = [], set()
+    for name, entries in (added.items() if isinstance(added, dict) else ()):
+        if not isinstance(name, str) or not re.fullmatch(r"[!-9;-~]+", name):
+            continue
+        for entry in entries if isinstance(entries, list) else [entries]:
+            value = entry.get("value") if isinstance(entry, dict) else entry
+            if isinstance(value, str):
+                fields.append(_field(name, value))
+                names.add(name.lower())
+    if "x-spam-status" not in names:
+        spam = "No" if answer["action"] in ("no action", "greylist") else "Yes"
+        fields.insert(0, _field("X-Spam-Status", f"{spam}, score={_score(answer):.2f}"))
+        names.add("x-spam-status")
+    return fields, names
+
+
+def spam_verdict(config: dict[str, str], message: bytes, envelope: bytes, environ) -> list[bytes]:
+    """Ask rspamd about MESSAGE; exit with qmail-queue's refusal when it refuses it, else the
+    header fields to add. Nothing but a refusal keeps the message from the queue."""
+    headers = request_headers(message, envelope, environ)
+    said = dict(headers)
+    who = f"{said.get('Queue-Id', b'').decode()} from {environ.get('TCPREMOTEIP', 'an unknown address')}"
+    try:
+        seconds = float(config.get("rspamd-seconds", RSPAMD_SECONDS))
+        answer = ask_rspamd(config["rspamd"], message, headers, seconds)
+    except (NoVerdict, ValueError) as error:
+        print(f"qmailhost filter: {who}: rspamd did not answer ({error}); queued unjudged", file=sys.stderr)
+        return [_field("X-Spam-Status", f"Unknown (rspamd did not answer: {error})")]
+    action, score = answer["action"], _score(answer)
+    if action in ("reject", "discard"):
+        print(f"qmailhost filter: {who}: rspamd {action}, score {score:.2f}: refused (554)", file=sys.stderr)
+        sys.exit(PERMANENT_REFUSAL)
+    if action == "soft reject":
+        print(f"qmailhost filter: {who}: rspamd soft reject, score {score:.2f}: refused for now (451)",
+              file=sys.stderr)
+        sys.exit(TEMPORARY_REFUSAL)
+    print(f"qmailhost filter: {who}: rspamd {action}, score {score:.2f}", file=sys.stderr)
+    return verdict_headers(answer)[0]
+
+
 def main() -> None:
     _own_memory_limit()
     try:
@@ -289,15 +492,30 @@ def main() -> None:
         sys.exit(TEMPORARY_REFUSAL)
     message = sys.stdin.buffer.read()
     envelope = os.fdopen(1, "rb", closefd=False).read()
-    try:
-        if config.get("resolver"):
-            use_resolver(config["resolver"])
-        results = dkim_results(message)
-        spf = spf_result(envelope_sender(envelope), os.environ.get("TCPREMOTEIP"))
+    added: list[bytes] = []  # the header fields prepended, in order
+    unwanted = []  # what a sender's own header fields may not be
+    if config.get("rspamd"):  # first: a refused message costs no DKIM or SPF lookups
+        try:
+            added += spam_verdict(config, message, envelope, os.environ)
+        except Exception as error:  # never lose mail to a problem of ours
+            added.append(_field("X-Spam-Status", f"Unknown (the filter failed: {_comment(error)})"))
+        unwanted.append(spam_fields(field_name(field) for field in added))  # a sender's own go
+    if config.get("authserv-id"):
         authserv_id = config["authserv-id"]
-        message = header(authserv_id, results + ([spf] if spf else [])) + without_forged_results(message, authserv_id)
-    except Exception as error:  # never lose mail to a verification problem
-        message = header(config.get("authserv-id", "localhost"), [f"dkim=temperror ({_comment(error)})"]) + message
+        try:
+            if config.get("resolver"):
+                use_resolver(config["resolver"])
+            results = dkim_results(message)
+            spf = spf_result(envelope_sender(envelope), os.environ.get("TCPREMOTEIP"))
+            added.append(header(authserv_id, results + ([spf] if spf else [])))
+        except Exception as error:  # never lose mail to a verification problem
+            added.append(header(authserv_id, [f"dkim=temperror ({_comment(error)})"]))
+        ours = authserv_id.encode().rstrip(b".").lower()
+        unwanted.append(lambda field: authserv_id_of(field) == ours)
+    try:
+        message = b"".join(added) + without_fields(message, lambda field: any(test(field) for test in unwanted))
+    except Exception:
+        message = b"".join(added) + message
     try:
         for fd, data in ((0, message), (1, envelope)):
             with tempfile.TemporaryFile() as spool:

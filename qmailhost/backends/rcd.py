@@ -118,8 +118,9 @@ def declare(platform: Platform, service: Service) -> None:
 
 
 def retire(platform: Platform, name: str, why: str) -> None:
-    """Service NAME no longer runs, when it has an rc.conf.d file at all."""
-    if ops.managed_path(f"{platform.rc_conf_d}/{rcd_name(name)}"):
+    """Service NAME no longer runs, when it has an rc.conf.d file at all (asked of the host: no
+    managed tree lists /etc/rc.conf.d)."""
+    if ops.managed_file(f"{platform.rc_conf_d}/{rcd_name(name)}"):
         disabled(platform, rcd_name(name), why)
 
 
