@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -46,10 +47,22 @@ def world(sandbox_ready, sources):
     try:
         data = {"spam_filter": True, "dns_forwarders": [f"{host.gateway}@{dns.port}"], "verify_after_deploy": False}
         pyinfra(host, data=data)
+        rspamd_answers(host)  # its first start compiles its patterns (about 10 s): until then, mail is marked Unknown
         yield {"host": host, "data": data, "dns": dns}
     finally:
         dns.close()
         sandbox.destroy(host.name)
+
+
+PING = ("python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:11333/ping', "
+        "timeout=2).read().decode())\"")
+
+
+def rspamd_answers(host: sandbox.Host, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while "pong" not in host.ssh(PING, check=False).stdout:
+        assert time.monotonic() < deadline, f"rspamd did not answer within {timeout} s"
+        time.sleep(1)
 
 
 def send_25(host: sandbox.Host, sender: str, subject: str, body: str = "A test message.",
@@ -126,3 +139,4 @@ def test_with_rspamd_stopped_mail_is_delivered_marked_unknown(world):
         assert "X-Spam-Status: Unknown (rspamd did not answer" in top, top
     finally:
         host.ssh("svc -u /etc/service/rspamd")
+        rspamd_answers(host)
