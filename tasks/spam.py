@@ -61,6 +61,9 @@ NO_CLIENT = "192.0.2.1"
 LOCAL_D = ("worker-normal.inc", "worker-controller.inc", "worker-proxy.inc", "logging.inc", "options.inc",
            "redis.conf", "actions.conf", "greylist.conf", "hfilter.conf", "milter_headers.conf", "dmarc.conf",
            "classifier-bayes.conf")
+# ... and in override.d/ (files/spam/override.d/NAME.j2): what must replace a stock list, which a
+# local.d file would only add to (rspamd merges local.d's lists into the stock ones).
+OVERRIDE_D = ("options.inc",)
 # How the host makes the controller's password hash from the password file: rspamd's own PBKDF
 # (what `rspamadm pw` prints), in rspamadm's Lua, reading the password on stdin: it is never on
 # a command line (rspamadm pw takes it only as -p PASSWORD or from a terminal).
@@ -109,8 +112,8 @@ PATHS = {
 }
 
 
-def local_dir(platform: Platform) -> str:
-    return f"{PATHS[platform.name].config.rsplit('/', 1)[0]}/local.d"
+def local_dir(platform: Platform, kind: str = "local.d") -> str:
+    return f"{PATHS[platform.name].config.rsplit('/', 1)[0]}/{kind}"
 
 
 def files(platform: Platform) -> dict[str, str]:
@@ -170,6 +173,11 @@ def local_d(platform: Platform, settings: Settings) -> dict[str, str]:
     return {name: render(f"spam/{name}.j2", **values) for name in LOCAL_D}
 
 
+def override_d() -> dict[str, str]:
+    """Our files in rspamd's override.d/: name -> content."""
+    return {name: render(f"spam/override.d/{name}.j2") for name in OVERRIDE_D}
+
+
 def redis_config(platform: Platform) -> str:
     paths = PATHS[platform.name]
     return render("spam/redis-server.conf.j2", address=ADDRESS, port=REDIS_PORT, dir=paths.redis_dir,
@@ -215,10 +223,14 @@ def configure(platform: Platform, settings: Settings) -> None:
     config = local_d(platform, settings)
     for name, content in config.items():
         ops.whole_file(name=f"Write rspamd's local.d/{name}", dest=f"{local_dir(platform)}/{name}", content=content)
+    overrides = override_d()
+    for name, content in overrides.items():
+        ops.whole_file(name=f"Write rspamd's override.d/{name}", dest=f"{local_dir(platform, 'override.d')}/{name}",
+                       content=content)
     made = ops.managed_file(mine["password"]) is not None and ops.managed_file(mine["include"]) is not None
     ops.decided(name="Make rspamd's controller password (root's alone, never shown)",
                 command=password_command(platform), needed=not made, why_not="the controller has its password")
-    inputs = "\n".join(f"{name}\n{content}" for name, content in config.items())
+    inputs = "\n".join(f"{name}\n{content}" for name, content in [*config.items(), *overrides.items()])
     ops.stamped(name="Check rspamd's config (rspamadm configtest)", stamp="spam-configtest", inputs=inputs,
                 commands=[f"{paths.rspamadm} configtest -c {paths.config}"], description="check rspamd's config",
                 rewritten=not made)
@@ -280,7 +292,7 @@ COMPONENT = Component(
     ),
     validate=_validate,
     needs=lambda platform, settings: Needs(packages=PATHS[platform.name].packages if settings.spam_filter else ()),
-    managed_roots=lambda platform: (f"1:{local_dir(platform)}",),
+    managed_roots=lambda platform: (f"1:{local_dir(platform)}", f"1:{local_dir(platform, 'override.d')}"),
     listeners=lambda settings: (
         Listener(REDIS, "redis", "Redis (rspamd's statistics)", REDIS_PORT, public=False),
         Listener(RSPAMD, "rspamd", "rspamd's controller", CONTROLLER_PORT, public=False),

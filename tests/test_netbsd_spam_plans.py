@@ -85,6 +85,7 @@ def test_a_bare_host_installs_both_packages_and_runs_both_services(bare):
         "Write Redis's config",
         "Install the rc.d script redis", "Configure redis (/etc/rc.conf.d/redis)", "Run redis (restart on change)",
         *(f"Write rspamd's local.d/{name}" for name in spam.LOCAL_D),
+        *(f"Write rspamd's override.d/{name}" for name in spam.OVERRIDE_D),
         "Make rspamd's controller password (root's alone, never shown)",
         "Check rspamd's config (rspamadm configtest)",
         "Install the rc.d script rspamd", "Configure rspamd (/etc/rc.conf.d/rspamd)", "Reload rspamd",

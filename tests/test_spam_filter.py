@@ -347,8 +347,9 @@ def test_a_real_rspamd_with_our_config_refuses_gtube_and_answers_a_plain_message
         assert run.returncode == 31 and installed.message() is None, run.stderr
         run = installed.run()
         assert run.returncode == 0, run.stderr
-        status = _spam_headers(installed.headers())
-        assert status[0].startswith((b"X-Spam-Status: No, score=", b"X-Spam-Status: Yes, score=")), status
+        status = [h for h in _spam_headers(installed.headers()) if h.startswith(b"X-Spam-Status:")]
+        assert len(status) == 1 and status[0].startswith((b"X-Spam-Status: No, score=",
+                                                          b"X-Spam-Status: Yes, score=")), status
     finally:
         if rspamd_process:
             rspamd_process.terminate()
