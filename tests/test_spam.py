@@ -29,21 +29,25 @@ GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 REJECTING, QUARANTINING = "forged-bank.net", "quarantine-bank.net"  # only this test's DNS knows them
 
 
-def zone(name: str, kind: str) -> list:
-    """The senders' DNS: both domains allow no sender (SPF -all) and publish DMARC."""
-    policy = {REJECTING: "reject", QUARANTINING: "quarantine"}
-    for domain, p in policy.items():
-        if name == domain and kind == "TXT":
-            return [["v=spf1 -all"]]
-        if name == f"_dmarc.{domain}" and kind == "TXT":
-            return [[f"v=DMARC1; p={p}"]]
-    return []
+def zone(gateway: str):
+    """The senders' DNS. sender.example is a well-kept sender: its MX is the laptop's side of the
+    veth (where swaks connects from), with an address, a PTR back and SPF allowing it. The two
+    banks allow no sender (SPF -all) and publish DMARC."""
+    reverse = ".".join(reversed(gateway.split("."))) + ".in-addr.arpa"
+    records = {("sender.example", "MX"): ["mx.sender.example"], ("sender.example", "A"): [gateway],
+               ("mx.sender.example", "A"): [gateway], (reverse, "PTR"): ["mx.sender.example"],
+               ("sender.example", "TXT"): [[f"v=spf1 ip4:{gateway} -all"]],
+               ("_dmarc.sender.example", "TXT"): [["v=DMARC1; p=none"]]}
+    for domain, policy in {REJECTING: "reject", QUARANTINING: "quarantine"}.items():
+        records[(domain, "TXT")] = [["v=spf1 -all"]]
+        records[(f"_dmarc.{domain}", "TXT")] = [[f"v=DMARC1; p={policy}"]]
+    return lambda name, kind: records.get((name, kind), [])
 
 
 @pytest.fixture(scope="module")
 def world(sandbox_ready, sources):
     host = images.create(f"t{os.getpid()}-spam")
-    dns = DnsServer(zone, address=host.gateway)
+    dns = DnsServer(zone(host.gateway), address=host.gateway)
     try:
         data = {"spam_filter": True, "dns_forwarders": [f"{host.gateway}@{dns.port}"], "verify_after_deploy": False}
         pyinfra(host, data=data)
