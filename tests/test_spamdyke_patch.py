@@ -201,17 +201,16 @@ def _client_context() -> ssl.SSLContext:
 
 def test_a_patched_spamdyke_does_starttls_and_the_session_goes_on(patched_spamdyke, tmp_path):
     spamdyke = _Spamdyke(patched_spamdyke, tmp_path)
-    with spamdyke as port:
-        with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
-            smtp.ehlo("client.example")
-            assert smtp.has_extn("starttls"), smtp.esmtp_features
-            assert smtp.starttls(context=_client_context())[0] == 220
-            assert smtp.sock.version().startswith("TLS")
-            code, answer = smtp.ehlo("client.example")  # the first bytes over TLS, and their answer
-            assert code == 250 and b"8BITMIME" in answer, (code, answer)
-            assert smtp.sendmail("sender@example.org", ["recipient@example.org"],
-                                 "Subject: over TLS\r\n\r\nA test message.\r\n") == {}
-            assert smtp.quit()[0] == 221
+    with spamdyke as port, smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
+        smtp.ehlo("client.example")
+        assert smtp.has_extn("starttls"), smtp.esmtp_features
+        assert smtp.starttls(context=_client_context())[0] == 220
+        assert smtp.sock.version().startswith("TLS")
+        code, answer = smtp.ehlo("client.example")  # the first bytes over TLS, and their answer
+        assert code == 250 and b"8BITMIME" in answer, (code, answer)
+        assert smtp.sendmail("sender@example.org", ["recipient@example.org"],
+                             "Subject: over TLS\r\n\r\nA test message.\r\n") == {}
+        assert smtp.quit()[0] == 221
     assert "A test message." in spamdyke.message.read_text()
     # spamdyke's own record of the message: taken over TLS.
     log = spamdyke.log.read_text()
