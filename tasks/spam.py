@@ -61,7 +61,7 @@ NO_CLIENT = "192.0.2.1"
 LOCAL_D = ("worker-normal.inc", "worker-controller.inc", "worker-proxy.inc", "logging.inc", "options.inc",
            "redis.conf", "actions.conf", "greylist.conf", "hfilter.conf", "milter_headers.conf", "dmarc.conf",
            "classifier-bayes.conf")
-# ... and in override.d/ (files/spam/override.d/NAME.j2): what must replace a stock list, which a
+# ... and in override.d/ (files/spam/override-NAME.j2): what must replace a stock list, which a
 # local.d file would only add to (rspamd merges local.d's lists into the stock ones).
 OVERRIDE_D = ("options.inc",)
 # How the host makes the controller's password hash from the password file: rspamd's own PBKDF
@@ -175,7 +175,7 @@ def local_d(platform: Platform, settings: Settings) -> dict[str, str]:
 
 def override_d() -> dict[str, str]:
     """Our files in rspamd's override.d/: name -> content."""
-    return {name: render(f"spam/override.d/{name}.j2") for name in OVERRIDE_D}
+    return {name: render(f"spam/override-{name}.j2") for name in OVERRIDE_D}
 
 
 def redis_config(platform: Platform) -> str:
