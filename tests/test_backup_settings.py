@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import threading
 import time
 
 import pytest
@@ -352,17 +353,29 @@ def test_a_wrong_password_is_recorded_as_a_failure_with_restics_line_and_no_init
     assert (outcome, why) == ("failed", "Fatal: wrong password or no key found")
 
 
-def test_a_running_backup_is_not_joined(tmp_path):
+def test_a_running_backup_is_left_alone_by_the_schedule_and_waited_for_by_backup_py(tmp_path):
+    """The schedule (--if-due) leaves a running backup alone. backup.py (no argument) waits for it,
+    then makes its own: it returned at once before, and the drills moved a repository whose
+    snapshot was still being written (test_dkim's drill found a bare host with none to restore)."""
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
         lock = tmp_path / "root/var/lib/qmailhost/backup.lock"
         lock.mkdir(parents=True)
         (lock / "pid").write_text(str(sleeper.pid))
-        result, calls, _, _ = run_script(tmp_path)
+        result, calls, _, _ = run_script(tmp_path, "/srv/restic", "1m", "--if-due")
         assert result.returncode == 0 and calls == [] and "a backup runs already" in result.stdout
+        threading.Timer(3, lambda: (sleeper.kill(), sleeper.wait())).start()  # the running backup ends in 3 s
+        started = time.monotonic()
+        result, calls, status, _ = run_script(tmp_path)
+        assert time.monotonic() - started >= 2.5, "it waited for the running backup"
+        assert "waiting for the backup that runs already" in result.stdout, result.stdout
+        assert result.returncode == 0 and calls[0] == "cat config" and status.startswith("ok\t"), result.stderr
     finally:
         sleeper.kill()
         sleeper.wait()
+    (tmp_path / "calls").unlink()
+    lock.mkdir()
+    (lock / "pid").write_text("999999")  # a lock whose process is gone
     result, calls, status, _ = run_script(tmp_path)  # its process gone: the lock is taken over
     assert result.returncode == 0 and calls[0] == "cat config" and status.startswith("ok\t")
 
